@@ -1,0 +1,270 @@
+//! The model's `config.json`, reduced to the handful of facts the decoder needs.
+//!
+//! The three families differ only in data (norm offset, activation, embedding scale, biases), so one
+//! [`ModelConfig`] describes all of them. Both the pre-transformers-5 layout (top-level `rope_theta`,
+//! `torch_dtype`) and the transformers-5 layout (`rope_parameters.rope_theta`, `dtype`) are accepted.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Gemma,
+    Qwen2,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Gemma => "gemma",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// The gate activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`), Gemma's.
+    GeluTanh,
+    /// Exact (erf) GELU.
+    Gelu,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    pub activation: Activation,
+    /// Gemma's RMSNorm multiplies by (1 + w) instead of w.
+    pub norm_weight_offset: f64,
+    /// Gemma multiplies embeddings by sqrt(hidden_size) (rounded to the activation dtype).
+    pub embedding_scale: Option<f64>,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// The dtype the checkpoint was saved in (`torch_dtype` / `dtype`), if stated.
+    pub checkpoint_dtype: Option<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_json(&json).with_context(|| format!("in model config {}", path.display()))
+    }
+
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let obj = json.as_object().context("config.json must be a JSON object")?;
+        let architecture = obj
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .or_else(|| obj.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
+            .context("config.json has neither `architectures` nor `model_type`")?;
+        let family = match architecture.as_str() {
+            "LlamaForCausalLM" | "llama" => Family::Llama,
+            "GemmaForCausalLM" | "gemma" => Family::Gemma,
+            "Qwen2ForCausalLM" | "qwen2" => Family::Qwen2,
+            other => bail!(
+                "unsupported architecture `{other}`: supported are LlamaForCausalLM, GemmaForCausalLM, \
+                 Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM)"
+            ),
+        };
+        let usize_field = |key: &str| -> Result<usize> {
+            obj.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .with_context(|| format!("field `{key}` is missing or not a non-negative integer"))
+        };
+        let opt_usize = |key: &str| obj.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let bool_field = |key: &str, default: bool| -> Result<bool> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => bail!("field `{key}` must be true or false"),
+            }
+        };
+
+        let hidden_size = usize_field("hidden_size")?;
+        let num_heads = usize_field("num_attention_heads")?;
+        let num_kv_heads = opt_usize("num_key_value_heads").unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            bail!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})");
+        }
+        let head_dim = match opt_usize("head_dim") {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads} and no head_dim is given");
+                }
+                hidden_size / num_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            bail!("head_dim {head_dim} must be even for rotary embeddings");
+        }
+
+        // transformers 5 moved rope settings into `rope_parameters`; older files keep `rope_theta` (+ `rope_scaling`).
+        let rope_params = obj.get("rope_parameters").filter(|v| !v.is_null());
+        let rope_theta = rope_params
+            .and_then(|p| p.get("rope_theta"))
+            .or_else(|| obj.get("rope_theta"))
+            .map(|v| v.as_f64().context("`rope_theta` must be a number"))
+            .transpose()?
+            .unwrap_or(10000.0);
+        let rope_type = rope_params
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .or_else(|| obj.get("rope_scaling").filter(|v| !v.is_null()).and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        if rope_type != "default" {
+            bail!("rope scaling type `{rope_type}` is not supported (only plain RoPE)");
+        }
+        if bool_field("use_sliding_window", false)? {
+            bail!("use_sliding_window = true is not supported");
+        }
+
+        let act_name = match family {
+            // transformers uses `hidden_activation` for Gemma and falls back to tanh-GELU when it is absent,
+            // whatever `hidden_act` says (gemma-2b ships `hidden_act: "gelu"`).
+            Family::Gemma => obj
+                .get("hidden_activation")
+                .and_then(|v| v.as_str())
+                .unwrap_or("gelu_pytorch_tanh")
+                .to_string(),
+            _ => obj.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("silu").to_string(),
+        };
+        let activation = match act_name.as_str() {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            other => bail!("activation `{other}` is not supported (silu, gelu, gelu_pytorch_tanh)"),
+        };
+
+        let attention_bias = bool_field("attention_bias", false)?;
+        let (qkv_bias, o_bias) = match family {
+            Family::Qwen2 => (true, false),
+            _ => (attention_bias, attention_bias),
+        };
+        let mlp_bias = family == Family::Llama && bool_field("mlp_bias", false)?;
+        let tie_default = family == Family::Gemma;
+        let checkpoint_dtype = obj
+            .get("dtype")
+            .or_else(|| obj.get("torch_dtype"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+
+        Ok(Self {
+            family,
+            architecture,
+            hidden_size,
+            num_layers: usize_field("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate_size: usize_field("intermediate_size")?,
+            vocab_size: usize_field("vocab_size")?,
+            rms_norm_eps: obj.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
+            rope_theta,
+            tie_word_embeddings: bool_field("tie_word_embeddings", tie_default)?,
+            activation,
+            norm_weight_offset: if family == Family::Gemma { 1.0 } else { 0.0 },
+            embedding_scale: (family == Family::Gemma).then(|| (hidden_size as f64).sqrt()),
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            checkpoint_dtype,
+            bos_token_id: token_ids(obj.get("bos_token_id")).first().copied(),
+            eos_token_ids: token_ids(obj.get("eos_token_id")),
+            pad_token_id: token_ids(obj.get("pad_token_id")).first().copied(),
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn both_rope_layouts_are_read() {
+        let old = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,"rope_theta":5e5,"torch_dtype":"bfloat16"});
+        let new = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,
+            "rope_parameters":{"rope_type":"default","rope_theta":5e5},"dtype":"bfloat16"});
+        for j in [old, new] {
+            let c = ModelConfig::from_json(&j).unwrap();
+            assert_eq!(c.rope_theta, 5e5);
+            assert_eq!(c.checkpoint_dtype.as_deref(), Some("bfloat16"));
+            assert_eq!(c.head_dim, 16);
+            assert!(!c.tie_word_embeddings);
+        }
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let j = json!({"architectures":["MistralForCausalLM"],"hidden_size":64});
+        let e = ModelConfig::from_json(&j).unwrap_err().to_string();
+        assert!(e.contains("MistralForCausalLM"), "{e}");
+    }
+
+    #[test]
+    fn real_gemma_config_uses_tanh_gelu_and_offsets() {
+        let path = crate::testing::shared_dir().join("tokenizers/configs/gemma-2b.config.json");
+        let c = ModelConfig::from_file(&path).unwrap();
+        assert_eq!(c.family, Family::Gemma);
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(c.head_dim, 256);
+        assert_eq!(c.num_kv_heads, 1);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.norm_weight_offset, 1.0);
+        assert_eq!(c.embedding_scale, Some(2048f64.sqrt()));
+    }
+
+    #[test]
+    fn scaled_rope_is_refused() {
+        let j = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,
+            "rope_scaling":{"rope_type":"linear","factor":2.0}});
+        assert!(ModelConfig::from_json(&j).unwrap_err().to_string().contains("linear"));
+    }
+}

@@ -1,0 +1,19 @@
+//! LoRA fine-tuning of Llama-2, Gemma and Qwen (1.5/2) checkpoints with an explicit, frozen-weight-free backward.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod fsutil;
+pub mod lora;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod recipe;
+pub mod runtime;
+pub mod session;
+pub mod tokenizer;
+pub mod train;
+
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,142 @@
+//! One decoder layer: pre-norm attention and pre-norm gated MLP, each with a residual.
+//!
+//! ```text
+//! n1 = rmsnorm(x);  q,k,v = proj(n1);  q,k = rope(q,k);  o = attn(q,k,v);  x1 = x + o_proj(o)
+//! n2 = rmsnorm(x1); h = act(gate(n2)) ⊙ up(n2);  y = x1 + down(h)
+//! ```
+
+use super::{Grads, Inputs, Model, StepCtx};
+use crate::lora::{Adapter, Target};
+use crate::ops::linear::{self, LoraApply, LoraSaved};
+use crate::ops::{activation, attention, dropout, rmsnorm, rope};
+use anyhow::Result;
+use candle_core::Tensor;
+
+/// Everything a layer's backward needs from its forward.
+pub(crate) struct LayerCache {
+    x: Tensor,
+    rstd1: Tensor,
+    n1: Tensor,
+    /// `[B, H, T, d]`, after RoPE.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Attention output `[B, Hq, T, d]` and its log-sum-exp rows.
+    o: Tensor,
+    lse: Tensor,
+    /// `o` as `[N, Hq*d]`, the input of o_proj.
+    o2: Tensor,
+    x1: Tensor,
+    rstd2: Tensor,
+    n2: Tensor,
+    g: Tensor,
+    u: Tensor,
+    h: Tensor,
+    lora: [Option<LoraSaved>; 7],
+}
+
+impl Model {
+    fn project(
+        &self,
+        li: usize,
+        t: Target,
+        x: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout: Option<StepCtx>,
+        saved: &mut [Option<LoraSaved>; 7],
+    ) -> Result<Tensor> {
+        let frozen = &self.layers[li].proj[t.index()];
+        let lora = match adapter.and_then(|a| a.layers[li][t.index()].as_ref().map(|f| (a, f))) {
+            Some((a, factors)) => {
+                let mask = match dropout {
+                    Some(ctx) => Some(dropout::mask(Model::dropout_key(ctx, li, t), ctx.dropout, x.dim(0)?, x.dim(1)?, x.device())?),
+                    None => None,
+                };
+                Some(LoraApply { factors, scale: a.spec.scale(), mask })
+            }
+            None => None,
+        };
+        let (y, s) = linear::forward(x, frozen, lora)?;
+        saved[t.index()] = s;
+        Ok(y)
+    }
+
+    /// `x`: `[B, T, H]`. Returns the layer output and what backward needs.
+    pub(crate) fn layer_forward(
+        &self,
+        li: usize,
+        x: &Tensor,
+        inp: &Inputs,
+        adapter: Option<&Adapter>,
+        dropout: Option<StepCtx>,
+    ) -> Result<(Tensor, LayerCache)> {
+        let cfg = &self.cfg;
+        let lw = &self.layers[li];
+        let (b, t, d) = (inp.b, inp.t, cfg.head_dim);
+        let mut lora: [Option<LoraSaved>; 7] = Default::default();
+        let (n1, rstd1) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let n1 = n1.flatten_to(1)?;
+        let heads = |y: Tensor, h: usize| -> Result<Tensor> { Ok(y.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?) };
+        let q = heads(self.project(li, Target::Q, &n1, adapter, dropout, &mut lora)?, cfg.num_heads)?;
+        let k = heads(self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, cfg.num_kv_heads)?;
+        let v = heads(self.project(li, Target::V, &n1, adapter, dropout, &mut lora)?, cfg.num_kv_heads)?;
+        let q = rope::forward(&q, &inp.rope)?;
+        let k = rope::forward(&k, &inp.rope)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (o, lse) = attention::forward(&q, &k, &v, &inp.mask, scale)?;
+        let o2 = o.transpose(1, 2)?.reshape((b * t, cfg.num_heads * d))?;
+        let attn_out = self.project(li, Target::O, &o2, adapter, dropout, &mut lora)?;
+        let x1 = x.add(&attn_out.reshape(x.shape())?)?;
+        let (n2, rstd2) = rmsnorm::forward(&x1, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let n2 = n2.flatten_to(1)?;
+        let g = self.project(li, Target::Gate, &n2, adapter, dropout, &mut lora)?;
+        let u = self.project(li, Target::Up, &n2, adapter, dropout, &mut lora)?;
+        let h = activation::forward(&g, &u, cfg.activation)?;
+        let mlp_out = self.project(li, Target::Down, &h, adapter, dropout, &mut lora)?;
+        let y = x1.add(&mlp_out.reshape(x.shape())?)?;
+        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, g, u, h, lora };
+        Ok((y, cache))
+    }
+
+    /// Backward through projection `t`: returns its input gradient, adding LoRA gradients into `grads`.
+    fn project_backward(&self, li: usize, t: Target, dy: &Tensor, x: &Tensor, c: &LayerCache, adapter: &Adapter, grads: &mut Grads) -> Result<Tensor> {
+        let frozen = &self.layers[li].proj[t.index()];
+        let lora = match (&adapter.layers[li][t.index()], &c.lora[t.index()]) {
+            (Some(f), Some(saved)) => Some((f, adapter.spec.scale(), saved)),
+            _ => None,
+        };
+        let (dx, g) = linear::backward(dy, x, frozen, lora)?;
+        if let Some(g) = g {
+            grads.accumulate(li, t, g)?;
+        }
+        Ok(dx)
+    }
+
+    /// `dy`: gradient of the layer output `[B, T, H]`. Returns the gradient of the layer input.
+    pub(crate) fn layer_backward(&self, li: usize, dy: &Tensor, c: &LayerCache, inp: &Inputs, adapter: &Adapter, grads: &mut Grads) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let lw = &self.layers[li];
+        let (b, t, d) = (inp.b, inp.t, cfg.head_dim);
+        let dy2 = dy.flatten_to(1)?;
+        // MLP branch.
+        let dh = self.project_backward(li, Target::Down, &dy2, &c.h, c, adapter, grads)?;
+        let (dg, du) = activation::backward(&dh, &c.g, &c.u, cfg.activation)?;
+        let dn2 = self
+            .project_backward(li, Target::Gate, &dg, &c.n2, c, adapter, grads)?
+            .add(&self.project_backward(li, Target::Up, &du, &c.n2, c, adapter, grads)?)?;
+        let dx1 = dy.add(&rmsnorm::backward(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2)?)?;
+        // Attention branch.
+        let do2 = self.project_backward(li, Target::O, &dx1.flatten_to(1)?, &c.o2, c, adapter, grads)?;
+        let do_ = do2.reshape((b, t, cfg.num_heads, d))?.transpose(1, 2)?.contiguous()?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, scale)?;
+        let dq = rope::backward(&dq, &inp.rope)?;
+        let dk = rope::backward(&dk, &inp.rope)?;
+        let rows = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b * t, ()))?) };
+        let mut dn1 = self.project_backward(li, Target::Q, &rows(dq)?, &c.n1, c, adapter, grads)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::K, &rows(dk)?, &c.n1, c, adapter, grads)?)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::V, &rows(dv)?, &c.n1, c, adapter, grads)?)?;
+        let dx = dx1.add(&rmsnorm::backward(&dn1.reshape(dy.shape())?, &c.x, &lw.input_norm, cfg.norm_weight_offset, &c.rstd1)?)?;
+        Ok(dx)
+    }
+}

@@ -1,0 +1,223 @@
+//! One decoder for Llama, Gemma and Qwen2: the families differ only in [`ModelConfig`] data.
+//!
+//! Training uses an explicit forward that keeps what backward needs and an explicit backward that produces only
+//! LoRA gradients. With activation recomputation only each layer's input is kept and the layer's forward is
+//! rerun (with the same dropout masks) just before its backward.
+
+mod layer;
+
+use crate::checkpoint::{Checkpoint, ModelFiles};
+use crate::config::ModelConfig;
+use crate::data::batch::Batch;
+use crate::lora::{Adapter, Target, ALL_TARGETS};
+use crate::ops::dropout::DropoutKey;
+use crate::ops::linear::{Frozen, LoraGrads};
+use crate::ops::{attention, cross_entropy, rmsnorm, rope::RopeTables};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub struct LayerWeights {
+    pub input_norm: Tensor,
+    pub post_norm: Tensor,
+    /// Indexed by [`Target::index`].
+    pub proj: [Frozen; 7],
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub dtype: DType,
+    pub device: Device,
+    pub embed: Tensor,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Tensor,
+    /// `None` when the head is tied to the embeddings.
+    pub lm_head: Option<Tensor>,
+}
+
+/// Per-step settings of a training forward/backward.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCtx {
+    pub seed: u64,
+    pub step: u64,
+    pub micro: u64,
+    /// LoRA dropout probability; 0 disables it (evaluation always runs without).
+    pub dropout: f64,
+    /// Activation recomputation: keep only layer inputs between forward and backward.
+    pub recompute: bool,
+}
+
+/// LoRA gradients, shaped like the adapter, accumulated over micro-batches.
+pub struct Grads {
+    pub layers: Vec<[Option<LoraGrads>; 7]>,
+}
+
+impl Grads {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: (0..num_layers).map(|_| Default::default()).collect() }
+    }
+
+    fn accumulate(&mut self, layer: usize, target: Target, g: LoraGrads) -> Result<()> {
+        let slot = &mut self.layers[layer][target.index()];
+        *slot = Some(match slot.take() {
+            Some(acc) => LoraGrads { da: acc.da.add(&g.da)?, db: acc.db.add(&g.db)? },
+            None => g,
+        });
+        Ok(())
+    }
+
+    /// Gradients in the order of [`Adapter::tensors`]; slots that received none are zeros.
+    pub fn tensors(&self, adapter: &Adapter) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for (layer, slots) in adapter.layers.iter().enumerate() {
+            for t in ALL_TARGETS {
+                if let Some(f) = &slots[t.index()] {
+                    match &self.layers[layer][t.index()] {
+                        Some(g) => out.extend([g.da.clone(), g.db.clone()]),
+                        None => out.extend([f.a.zeros_like()?, f.b.zeros_like()?]),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What every layer of one micro-batch shares.
+pub(crate) struct Inputs {
+    pub b: usize,
+    pub t: usize,
+    pub rope: RopeTables,
+    pub mask: Tensor,
+}
+
+impl Model {
+    pub fn load(files: &ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = ModelConfig::from_file(&files.config)?;
+        let ck = Checkpoint::open(files, dtype, device)?;
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let load = |name: &str, shape: &[usize]| ck.tensor(name, shape).with_context(|| format!("loading {}", files.dir.display()));
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let proj = ALL_TARGETS.map(|t| -> Result<Frozen> {
+                let (fan_in, out) = t.dims(&cfg);
+                let name = format!("{p}.{}.{}", t.block(), t.hf_name());
+                let has_bias = match t {
+                    Target::Q | Target::K | Target::V => cfg.qkv_bias,
+                    Target::O => cfg.o_bias,
+                    _ => cfg.mlp_bias,
+                };
+                Ok(Frozen {
+                    w: load(&format!("{name}.weight"), &[out, fan_in])?,
+                    b: if has_bias { Some(load(&format!("{name}.bias"), &[out])?) } else { None },
+                })
+            });
+            let [q, k, vv, o, g, u, d] = proj;
+            layers.push(LayerWeights {
+                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                proj: [q?, k?, vv?, o?, g?, u?, d?],
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(load("lm_head.weight", &[v, h])?) };
+        Ok(Self {
+            embed: load("model.embed_tokens.weight", &[v, h])?,
+            final_norm: load("model.norm.weight", &[h])?,
+            lm_head,
+            layers,
+            dtype,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn inputs(&self, batch: &Batch) -> Result<Inputs> {
+        Ok(Inputs {
+            b: batch.size(),
+            t: batch.seq_len(),
+            rope: RopeTables::new(&batch.positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype, &self.device)?,
+            mask: attention::mask(&batch.key_valid, batch.segments.as_deref(), &self.device)?,
+        })
+    }
+
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = (batch.size(), batch.seq_len());
+        let ids: Vec<u32> = batch.ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
+        let x = self.embed.index_select(&ids, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        match self.cfg.embedding_scale {
+            // transformers multiplies by sqrt(hidden) cast to the activation dtype: round it the same way.
+            Some(s) => Ok(x.broadcast_mul(&Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?)?),
+            None => Ok(x),
+        }
+    }
+
+    fn final_hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (y, rstd) = rmsnorm::forward(x, &self.final_norm, self.cfg.norm_weight_offset, self.cfg.rms_norm_eps)?;
+        Ok((y.flatten_to(1)?, rstd))
+    }
+
+    /// The last hidden states (after the final norm), `[B*T, H]`, without dropout.
+    fn hidden(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let inp = self.inputs(batch)?;
+        let mut x = self.embed(batch)?;
+        for li in 0..self.layers.len() {
+            x = self.layer_forward(li, &x, &inp, adapter, None)?.0;
+        }
+        Ok(self.final_hidden(&x)?.0)
+    }
+
+    /// Logits `[B, T, V]` (f32), for tests and small evaluations.
+    pub fn logits(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let h = self.hidden(batch, adapter)?;
+        let logits = crate::ops::gemm::matmul(&h, &self.head().t()?)?.to_dtype(DType::F32)?;
+        Ok(logits.reshape((batch.size(), batch.seq_len(), self.cfg.vocab_size))?)
+    }
+
+    /// Sum of target NLLs of the batch (no dropout, nothing kept for backward).
+    pub fn loss_sum(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<f64> {
+        Ok(cross_entropy::forward(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)
+    }
+
+    /// One micro-batch of training: forward, loss, explicit backward. Adds `loss_scale · d(Σ nll)/dθ` for every
+    /// LoRA factor into `grads` and returns the batch's NLL sum.
+    pub fn forward_backward(&self, batch: &Batch, adapter: &Adapter, grads: &mut Grads, ctx: StepCtx, loss_scale: f64) -> Result<f64> {
+        let inp = self.inputs(batch)?;
+        let dropout = (ctx.dropout > 0.0).then_some(ctx);
+        let mut x = self.embed(batch)?;
+        let mut inputs_kept = Vec::new();
+        let mut caches = Vec::new();
+        for li in 0..self.layers.len() {
+            let (y, cache) = self.layer_forward(li, &x, &inp, Some(adapter), dropout)?;
+            if ctx.recompute {
+                inputs_kept.push(x);
+            } else {
+                caches.push(cache);
+            }
+            x = y;
+        }
+        let (hn, rstd) = self.final_hidden(&x)?;
+        let (loss, dhn) = cross_entropy::forward_backward(&hn, self.head(), &batch.targets, loss_scale)?;
+        let dhn = dhn.reshape(x.shape())?;
+        let mut dx = rmsnorm::backward(&dhn, &x, &self.final_norm, self.cfg.norm_weight_offset, &rstd)?;
+        drop(x);
+        for li in (0..self.layers.len()).rev() {
+            let cache = if ctx.recompute {
+                let x_in = inputs_kept.pop().expect("one kept input per layer");
+                self.layer_forward(li, &x_in, &inp, Some(adapter), dropout)?.1
+            } else {
+                caches.pop().expect("one cache per layer")
+            };
+            dx = self.layer_backward(li, &dx, &cache, &inp, adapter, grads)?;
+        }
+        Ok(loss)
+    }
+
+    pub(crate) fn dropout_key(ctx: StepCtx, layer: usize, target: Target) -> DropoutKey {
+        DropoutKey { seed: ctx.seed, step: ctx.step, micro: ctx.micro, layer: layer as u64, module: target.index() as u64 }
+    }
+}

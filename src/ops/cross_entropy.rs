@@ -1,0 +1,82 @@
+//! The LM head fused with next-token cross-entropy, processed in row chunks so that the `[N, vocab]` logits of a
+//! whole micro-batch never exist at once (256k-vocab models would need gigabytes for them).
+//!
+//! Targets are given per row (`None` = ignored row). Loss and gradient are in f32 whatever the compute dtype.
+
+use super::gemm::matmul;
+use candle_core::{DType, Result, Tensor, D};
+
+/// Rows per chunk such that one chunk's f32 logits stay near 64 Mi elements.
+fn chunk_rows(vocab: usize, rows: usize) -> usize {
+    ((64 << 20) / vocab.max(1)).clamp(1, rows.max(1))
+}
+
+/// Per-row target ids (0 where ignored) and validity weights (1/0), on the device.
+fn target_tensors(targets: &[Option<u32>], device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let ids: Vec<u32> = targets.iter().map(|t| t.unwrap_or(0)).collect();
+    let valid: Vec<f32> = targets.iter().map(|t| if t.is_some() { 1.0 } else { 0.0 }).collect();
+    let n = targets.len();
+    Ok((Tensor::from_vec(ids, (n, 1), device)?, Tensor::from_vec(valid, (n, 1), device)?))
+}
+
+/// Per-row negative log-likelihoods `[n, 1]` (f32; 0 on ignored rows) and the softmax when asked for.
+fn chunk_nll(h: &Tensor, w: &Tensor, ids: &Tensor, valid: &Tensor, want_softmax: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let logits = matmul(h, &w.t()?)?.to_dtype(DType::F32)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let exp = shifted.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    let nll = sum.log()?.sub(&shifted.gather(ids, D::Minus1)?)?.mul(valid)?;
+    let softmax = if want_softmax { Some(exp.broadcast_div(&sum)?) } else { None };
+    Ok((nll, softmax))
+}
+
+/// Sum of target NLLs over the rows of `h` (`[N, H]`, the final-norm output) against head `w` (`[V, H]`).
+pub fn forward(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<f64> {
+    let n = h.dim(0)?;
+    let step = chunk_rows(w.dim(0)?, n);
+    let mut total = 0f64;
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
+        let (nll, _) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?;
+        total += nll.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    Ok(total)
+}
+
+/// Per-row NLLs `[N]` (0 for ignored rows), for callers that need losses per sequence.
+pub fn per_row(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Vec<f32>> {
+    let n = h.dim(0)?;
+    let step = chunk_rows(w.dim(0)?, n);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
+        let (nll, _) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?;
+        out.extend(nll.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Forward and backward at once: returns the NLL sum and `dh = d(scale · Σ nll)/dh` (`[N, H]`, dtype of `h`).
+/// `scale` is 1 / (target tokens of the whole optimizer batch), which makes accumulated micro-batch gradients
+/// equal to the gradient of the batch's token-weighted mean loss.
+pub fn forward_backward(h: &Tensor, w: &Tensor, targets: &[Option<u32>], scale: f64) -> Result<(f64, Tensor)> {
+    let n = h.dim(0)?;
+    let vocab = w.dim(0)?;
+    let step = chunk_rows(vocab, n);
+    let mut total = 0f64;
+    let mut dhs = Vec::new();
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
+        let (nll, softmax) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, true)?;
+        total += nll.sum_all()?.to_scalar::<f32>()? as f64;
+        let classes = Tensor::arange(0u32, vocab as u32, h.device())?.unsqueeze(0)?;
+        let onehot = classes.broadcast_eq(&ids)?.to_dtype(DType::F32)?;
+        let dlogits = (softmax.expect("asked for").sub(&onehot)?.broadcast_mul(&valid)? * scale)?;
+        dhs.push(matmul(&dlogits.to_dtype(h.dtype())?, w)?);
+    }
+    Ok((total, Tensor::cat(&dhs, 0)?))
+}

@@ -1,0 +1,166 @@
+//! AdamW matching `torch.optim.AdamW` (f32 state, bias correction, decoupled weight decay), learning-rate
+//! schedules matching transformers' `get_*_schedule_with_warmup`, and global-norm clipping matching
+//! `torch.nn.utils.clip_grad_norm_`.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear,
+            "cosine" => Schedule::Cosine,
+            other => bail!("unknown scheduler `{other}` (constant, linear, cosine)"),
+        })
+    }
+
+    /// The multiplier of the peak lr at optimizer step `step` (0-based), as transformers' LambdaLR gives it:
+    /// linear warmup from 0 over `warmup` steps, then constant, linear decay to 0, or half-cosine decay to 0.
+    pub fn factor(self, step: usize, warmup: usize, total: usize) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Linear => ((total as f64 - step as f64) / (total.saturating_sub(warmup)).max(1) as f64).max(0.0),
+            Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    step: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, params: &[&Tensor]) -> Result<Self> {
+        let zeros = |p: &&Tensor| p.zeros_like().and_then(|z| z.to_dtype(DType::F32));
+        Ok(Self {
+            cfg,
+            step: 0,
+            m: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            v: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// One update with learning rate `lr`, in torch's order of operations.
+    pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor], lr: f64) -> Result<()> {
+        let c = self.cfg;
+        self.step += 1;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let decayed = (&**p * (1.0 - lr * c.weight_decay))?;
+            self.m[i] = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((self.v[i].sqrt()? / bc2_sqrt)? + c.eps)?;
+            **p = decayed.sub(&(self.m[i].div(&denom)? * (lr / bc1))?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients.
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads {
+        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
+}
+
+/// Scales gradients so their global norm is at most `max_norm` (0 disables), like `clip_grad_norm_`:
+/// coefficient `min(1, max_norm / (norm + 1e-6))`. Returns the norm before clipping.
+pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let norm = global_norm(grads)?;
+    if max_norm > 0.0 {
+        let coef = (max_norm / (norm + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers_lambdas() {
+        // get_linear_schedule_with_warmup(warmup=2, total=10)
+        let lin: Vec<f64> = (0..10).map(|s| Schedule::Linear.factor(s, 2, 10)).collect();
+        let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
+        for (a, b) in lin.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{lin:?}");
+        }
+        // get_cosine_schedule_with_warmup(warmup=1, total=3): 0, 1, 0.5
+        let cos: Vec<f64> = (0..3).map(|s| Schedule::Cosine.factor(s, 1, 3)).collect();
+        assert!((cos[0]).abs() < 1e-12 && (cos[1] - 1.0).abs() < 1e-12 && (cos[2] - 0.5).abs() < 1e-12, "{cos:?}");
+        assert_eq!(Schedule::Constant.factor(5, 2, 10), 1.0);
+        assert_eq!(Schedule::Constant.factor(1, 2, 10), 0.5);
+    }
+
+    #[test]
+    fn adamw_first_steps_match_closed_form() {
+        // With constant gradient g, torch's AdamW gives m̂ = g, v̂ = g², so each step moves p by
+        // -lr * (g/(|g| + eps)) after decay p *= (1 - lr*wd).
+        let dev = candle_core::Device::Cpu;
+        let mut p = Tensor::new(&[1.0f32, -2.0], &dev).unwrap();
+        let g = Tensor::new(&[0.5f32, -0.25], &dev).unwrap();
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        let mut opt = AdamW::new(cfg, &[&p]).unwrap();
+        let (lr, mut want) = (0.01f64, [1.0f64, -2.0]);
+        for _ in 0..3 {
+            opt.step(&mut [&mut p], &[g.clone()], lr).unwrap();
+            for (w, gi) in want.iter_mut().zip([0.5f64, -0.25]) {
+                *w = *w * (1.0 - lr * 0.1) - lr * gi / (gi.abs() + 1e-8);
+            }
+        }
+        let got = p.to_vec1::<f32>().unwrap();
+        for (a, b) in got.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn clipping_matches_torch_coefficient() {
+        let dev = candle_core::Device::Cpu;
+        let mut g = vec![Tensor::new(&[3.0f32], &dev).unwrap(), Tensor::new(&[4.0f32], &dev).unwrap()];
+        let norm = clip_global_norm(&mut g, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        let coef = 1.0 / (5.0 + 1e-6);
+        assert!((g[0].to_vec1::<f32>().unwrap()[0] as f64 - 3.0 * coef).abs() < 1e-6);
+        let mut g2 = vec![Tensor::new(&[0.3f32], &dev).unwrap()];
+        clip_global_norm(&mut g2, 1.0).unwrap();
+        assert_eq!(g2[0].to_vec1::<f32>().unwrap()[0], 0.3);
+    }
+}
