@@ -183,6 +183,12 @@ impl Model {
         Ok(cross_entropy::forward(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)
     }
 
+    /// The NLL sum as a scalar tensor built only from differentiable Candle ops: with LoRA factors held in
+    /// `Var`s, Candle's autograd over it is an independent oracle for [`Model::forward_backward`].
+    pub fn loss_tensor(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
+        Ok(cross_entropy::nll_sum(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)
+    }
+
     /// One micro-batch of training: forward, loss, explicit backward. Adds `loss_scale · d(Σ nll)/dθ` for every
     /// LoRA factor into `grads` and returns the batch's NLL sum.
     pub fn forward_backward(&self, batch: &Batch, adapter: &Adapter, grads: &mut Grads, ctx: StepCtx, loss_scale: f64) -> Result<f64> {

@@ -31,32 +31,22 @@ fn chunk_nll(h: &Tensor, w: &Tensor, ids: &Tensor, valid: &Tensor, want_softmax:
     Ok((nll, softmax))
 }
 
-/// Sum of target NLLs over the rows of `h` (`[N, H]`, the final-norm output) against head `w` (`[V, H]`).
-pub fn forward(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<f64> {
+/// Sum of target NLLs over the rows of `h` (`[N, H]`, the final-norm output) against head `w` (`[V, H]`), as a
+/// scalar f32 tensor built from differentiable Candle ops (so autograd can serve as the oracle of the whole model).
+pub fn nll_sum(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Tensor> {
     let n = h.dim(0)?;
     let step = chunk_rows(w.dim(0)?, n);
-    let mut total = 0f64;
+    let mut parts = Vec::new();
     for start in (0..n).step_by(step) {
         let len = step.min(n - start);
         let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
-        let (nll, _) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?;
-        total += nll.sum_all()?.to_scalar::<f32>()? as f64;
+        parts.push(chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?.0.sum_all()?);
     }
-    Ok(total)
+    Tensor::stack(&parts, 0)?.sum_all()
 }
 
-/// Per-row NLLs `[N]` (0 for ignored rows), for callers that need losses per sequence.
-pub fn per_row(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Vec<f32>> {
-    let n = h.dim(0)?;
-    let step = chunk_rows(w.dim(0)?, n);
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(step) {
-        let len = step.min(n - start);
-        let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
-        let (nll, _) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?;
-        out.extend(nll.flatten_all()?.to_vec1::<f32>()?);
-    }
-    Ok(out)
+pub fn forward(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<f64> {
+    Ok(nll_sum(h, w, targets)?.to_scalar::<f32>()? as f64)
 }
 
 /// Forward and backward at once: returns the NLL sum and `dh = d(scale · Σ nll)/dh` (`[N, H]`, dtype of `h`).
