@@ -18,6 +18,9 @@ enum Command {
     Run {
         /// The recipe (TOML).
         recipe: PathBuf,
+        /// Write the runs here instead of the recipe's output_dir.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
     },
     /// Held-out loss and perplexity of a model (+ adapter) on a data file.
     Eval {
@@ -56,8 +59,8 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run { recipe } => {
-            trainer::train::run_recipe(&recipe)?;
+        Command::Run { recipe, output_dir } => {
+            trainer::train::run_recipe(&recipe, output_dir)?;
             Ok(())
         }
         Command::Eval { model, adapter, data, format, template, max_seq_len, batch_size, device, dtype, json } => {

@@ -1,4 +1,4 @@
-//! Paths shared by unit and integration tests.
+//! Paths, random models and data shared by unit tests, integration tests and benchmarks.
 
 use std::path::PathBuf;
 
@@ -18,3 +18,99 @@ pub fn shared_dir() -> PathBuf {
 pub fn fixtures_dir() -> PathBuf {
     repo_dir().join("tests/fixtures")
 }
+
+use crate::config::ModelConfig;
+use crate::data::batch::Example;
+use crate::lora::{Adapter, LoraSpec, Target, ALL_TARGETS};
+use crate::model::{LayerWeights, Model};
+use crate::ops::linear::{Frozen, LoraFactors};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A tiny random model of the given family (all weights drawn from `seed`), f32 on CPU.
+pub fn random_model(config: serde_json::Value, seed: u64) -> Model {
+    let cfg = ModelConfig::from_json(&config).unwrap();
+    let mut s = seed * 1000;
+    let mut next = |shape: &[usize], std: f32| {
+        s += 1;
+        randn(s, shape, std)
+    };
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    let norm = |t: Tensor| if cfg.norm_weight_offset == 0.0 { (t + 1.0).unwrap() } else { t };
+    let layers = (0..cfg.num_layers)
+        .map(|_| LayerWeights {
+            input_norm: norm(next(&[h], 0.1)),
+            post_norm: norm(next(&[h], 0.1)),
+            proj: ALL_TARGETS.map(|t| {
+                let (i, o) = t.dims(&cfg);
+                let bias = match t {
+                    Target::Q | Target::K | Target::V => cfg.qkv_bias,
+                    Target::O => cfg.o_bias,
+                    _ => cfg.mlp_bias,
+                };
+                Frozen { w: next(&[o, i], 0.15), b: bias.then(|| next(&[o], 0.05)) }
+            }),
+        })
+        .collect();
+    Model {
+        embed: next(&[v, h], 0.5),
+        final_norm: norm(next(&[h], 0.1)),
+        lm_head: (!cfg.tie_word_embeddings).then(|| next(&[v, h], 0.15)),
+        layers,
+        dtype: candle_core::DType::F32,
+        device: Device::Cpu,
+        cfg,
+    }
+}
+
+/// An adapter with non-zero A and B on `targets`.
+pub fn random_adapter(model: &Model, targets: &[Target], r: usize, seed: u64) -> Adapter {
+    let spec = LoraSpec { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: targets.to_vec(), rslora: false };
+    let mut a = Adapter::init(spec, &model.cfg, seed, &Device::Cpu).unwrap();
+    for (li, slots) in a.layers.iter_mut().enumerate() {
+        for (ti, slot) in slots.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                *f = LoraFactors { a: f.a.clone(), b: randn(seed + (li * 10 + ti) as u64, f.b.dims(), 0.2) };
+            }
+        }
+    }
+    a
+}
+
+/// `n` random examples of varied lengths, response-only targets.
+pub fn random_examples(n: usize, vocab: u32, seed: u64) -> Vec<Example> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(5..12);
+            let prompt = rng.random_range(1..len - 2);
+            Example { ids: (0..len).map(|_| rng.random_range(0..vocab)).collect(), is_target: (0..len).map(|i| i >= prompt).collect(), truncated: false }
+        })
+        .collect()
+}
+
+pub fn llama_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["LlamaForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":false})
+}
+
+pub fn gemma_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["GemmaForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":1,"head_dim":16,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,
+        "rope_parameters":{"rope_type":"default","rope_theta":10000.0}})
+}
+
+pub fn qwen_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["Qwen2ForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true})
+}
+
+/// A deterministic N(0, std²)-ish tensor (sum of uniforms), f32 on CPU.
+pub fn randn(seed: u64, shape: &[usize], std: f32) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.732).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+

@@ -166,8 +166,11 @@ fn initial_adapter(recipe: &Recipe, model: &Model) -> Result<Adapter> {
 }
 
 /// Runs every learning rate of the recipe. Returns one summary per run.
-pub fn run_recipe(recipe_path: &Path) -> Result<Vec<RunSummary>> {
-    let recipe = Recipe::load(recipe_path)?;
+pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>) -> Result<Vec<RunSummary>> {
+    let mut recipe = Recipe::load(recipe_path)?;
+    if let Some(dir) = output_dir {
+        recipe.output_dir = dir;
+    }
     let device = crate::runtime::device(&recipe.model.device).context("[model] device")?;
     let dtype = crate::runtime::dtype(&recipe.model.dtype, &device).context("[model] dtype")?;
     let session = Session::open(&recipe.model.path, Some(&recipe.base_dir), dtype, &device)?;
