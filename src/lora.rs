@@ -263,3 +263,63 @@ fn spec_from_peft_config(json: &Value) -> Result<LoraSpec> {
     targets.dedup();
     Ok(LoraSpec { r, alpha, dropout, targets, rslora: field("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_peft_kaiming_uniform_and_zero_b() {
+        let cfg = ModelConfig::from_json(&crate::testing::llama_config()).unwrap();
+        let spec = LoraSpec { r: 8, alpha: 16.0, dropout: 0.05, targets: vec![Target::Q, Target::Down], rslora: false };
+        let a = Adapter::init(spec.clone(), &cfg, 1, &Device::Cpu).unwrap();
+        for slots in &a.layers {
+            for t in [Target::Q, Target::Down] {
+                let f = slots[t.index()].as_ref().unwrap();
+                let (fan_in, out) = t.dims(&cfg);
+                assert_eq!(f.a.dims(), [8, fan_in]);
+                assert_eq!(f.b.dims(), [out, 8]);
+                assert_eq!(f.b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+                // U(−1/√in, 1/√in): bounded, mean 0, variance bound²/3.
+                let v = f.a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                assert!(v.iter().all(|x| x.abs() <= bound));
+                let mean = v.iter().sum::<f32>() / v.len() as f32;
+                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32;
+                assert!(mean.abs() < 0.1 * bound, "mean {mean}");
+                assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.15, "var {var}");
+            }
+            assert!(slots[Target::K.index()].is_none());
+        }
+        let again = Adapter::init(spec.clone(), &cfg, 1, &Device::Cpu).unwrap();
+        let other = Adapter::init(spec, &cfg, 2, &Device::Cpu).unwrap();
+        let first = |ad: &Adapter| ad.tensors()[0].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(first(&a), first(&again));
+        assert_ne!(first(&a), first(&other));
+    }
+
+    #[test]
+    fn scaling_follows_peft() {
+        let spec = |rslora| LoraSpec { r: 16, alpha: 32.0, dropout: 0.0, targets: vec![Target::Q], rslora };
+        assert_eq!(spec(false).scale(), 2.0);
+        assert_eq!(spec(true).scale(), 8.0);
+    }
+
+    #[test]
+    fn peft_configs_we_cannot_honour_are_refused() {
+        let base = json!({"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["q_proj"]});
+        assert_eq!(spec_from_peft_config(&base).unwrap().targets, vec![Target::Q]);
+        for (k, v, needle) in [
+            ("use_dora", json!(true), "DoRA"),
+            ("target_modules", json!("all-linear"), "pattern"),
+            ("target_modules", json!(["lm_head"]), "lm_head"),
+            ("rank_pattern", json!({"q_proj": 2}), "rank_pattern"),
+            ("bias", json!("all"), "bias"),
+        ] {
+            let mut c = base.clone();
+            c[k] = v;
+            let e = spec_from_peft_config(&c).unwrap_err().to_string();
+            assert!(e.contains(needle), "{k}: {e}");
+        }
+    }
+}

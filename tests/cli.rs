@@ -152,3 +152,85 @@ fn user_mistakes_get_one_clear_error() {
     candle_core::safetensors::save(&tensors, broken.join("model.safetensors")).unwrap();
     check("broken.toml", text.replace(&src.display().to_string(), &broken.display().to_string()), &["model.layers.1.mlp.up_proj.weight"]);
 }
+
+#[test]
+fn hub_ids_resolve_offline_in_the_hf_cache() {
+    // The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/<files>}.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--tiny-org--gemma-mqa");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for entry in std::fs::read_dir(fixtures().join("models/gemma-mqa")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
+    }
+    let run = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .env("HF_HUB_CACHE", cache.path())
+            .args(["eval", "--model", id, "--data", fixtures().join("data/alpaca.json").to_str().unwrap(), "--json"])
+            .output()
+            .unwrap()
+    };
+    let o = run("tiny-org/gemma-mqa");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"], golden("gemma-mqa")["eval"]["tokens"]);
+    let o = run("tiny-org/absent");
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("models--tiny-org--absent") && e.contains(&cache.path().display().to_string()), "{e}");
+}
+
+#[test]
+fn runs_are_deterministic_on_cpu_and_lrs_make_separate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"name = "det"
+output_dir = "{out}"
+seed = 11
+[model]
+path = "{f}/models/qwen2-tied"
+[lora]
+r = 4
+alpha = 8
+dropout = 0.1
+targets = ["q", "k", "v", "o", "gate", "up", "down"]
+[train]
+lr = [1e-2, 1e-3]
+epochs = 1
+batch_size = 8
+micro_batch_size = 2
+scheduler = "linear"
+warmup_steps = 1
+gradient_checkpointing = true
+save_dtype = "bf16"
+[[sources]]
+name = "fixture"
+path = "{f}/data/alpaca.json"
+"#,
+            out = dir.path().join("out").display(),
+            f = f.display()
+        ),
+    )
+    .unwrap();
+    let read = |name: &str| std::fs::read(dir.path().join("out").join(name).join("adapter/adapter_model.safetensors")).unwrap();
+    let o = trainer(&["run", recipe.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = (read("det-lr1e-2"), read("det-lr1e-3"));
+    assert_ne!(first.0, first.1, "two learning rates, two different adapters");
+    let o = trainer(&["run", recipe.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(first.0 == read("det-lr1e-2") && first.1 == read("det-lr1e-3"), "same recipe, same seed: identical bytes");
+    // epochs = 1 over 24 examples in batches of 8: 3 steps; save_dtype = bf16 writes bf16 tensors.
+    let metrics = std::fs::read_to_string(dir.path().join("out/det-lr1e-2/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    let t = candle_core::safetensors::load(dir.path().join("out/det-lr1e-2/adapter/adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(t.values().all(|x| x.dtype() == candle_core::DType::BF16));
+    assert_eq!(t.len(), 2 * 7 * 2, "A and B for 7 targets in 2 layers");
+}
