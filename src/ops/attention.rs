@@ -48,8 +48,54 @@ fn scores(q: &Tensor, k_rep: &Tensor, mask: &Tensor, scale: f64) -> Result<Tenso
     (s.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)
 }
 
+/// The fused CPU path serves f32 on CPU. Every other case takes the Candle-op path, and so do inputs that Candle's
+/// autograd is tracking (the kernels are opaque to it; the tests use autograd as the oracle of whole models).
+fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == DType::F32 && ![q, k, v].iter().any(|t| t.track_op())
+}
+
 /// `q`: `[B, Hq, T, d]`, `k`/`v`: `[B, Hkv, T, d]`. Returns `(o [B, Hq, T, d], lse [B, Hq, T, 1] f32)`.
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    if !use_cpu_kernels(q, k, v) {
+        return forward_reference(q, k, v, mask, scale);
+    }
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let s = matmul(q, &repeat_kv(k, n_rep)?.t()?)?;
+    let (p, lse) = cpu::softmax_lse(&s, mask, scale)?;
+    let o = matmul(&p, &repeat_kv(v, n_rep)?)?;
+    Ok((o, lse))
+}
+
+/// Returns `(dq, dk, dv)` given the output gradient `do_` and what forward produced.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    do_: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !use_cpu_kernels(q, k, v) {
+        return backward_reference(do_, q, k, v, o, lse, mask, scale);
+    }
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let k_rep = repeat_kv(k, n_rep)?;
+    let v_rep = repeat_kv(v, n_rep)?;
+    let s = matmul(q, &k_rep.t()?)?;
+    let dp = matmul(do_, &v_rep.t()?)?;
+    let delta = do_.mul(o)?.sum_keepdim(D::Minus1)?;
+    let (p, ds) = cpu::softmax_backward(&s, &dp, lse, &delta, mask, scale)?;
+    let dv = fold_kv(&matmul(&p.t()?, do_)?, n_rep)?;
+    let dq = matmul(&ds, &k_rep)?;
+    let dk = fold_kv(&matmul(&ds.t()?, q)?, n_rep)?;
+    Ok((dq, dk, dv))
+}
+
+/// Reference forward in Candle ops (any device, any dtype).
+pub fn forward_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
     let n_rep = q.dim(1)? / k.dim(1)?;
     let s = scores(q, &repeat_kv(k, n_rep)?, mask, scale)?;
     let max = s.max_keepdim(D::Minus1)?;
@@ -59,9 +105,9 @@ pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) ->
     Ok((o, lse))
 }
 
-/// Returns `(dq, dk, dv)` given the output gradient `do_` and what forward produced.
+/// Reference backward in Candle ops (any device, any dtype).
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward_reference(
     do_: &Tensor,
     q: &Tensor,
     k: &Tensor,
@@ -84,4 +130,62 @@ pub fn backward(
     let dq = matmul(&ds, &k_rep)?;
     let dk = fold_kv(&matmul(&ds.t()?, q)?, n_rep)?;
     Ok((dq, dk, dv))
+}
+
+/// Row-parallel f32 CPU kernels: scale + mask + softmax keeping the log-sum-exp, and the softmax backward
+/// `dS = P ⊙ (dP − δ) · scale`. Rows are independent, so they run on all cores with rayon.
+mod cpu {
+    use candle_core::{Result, Tensor};
+    use rayon::prelude::*;
+
+    fn data(t: &Tensor) -> Result<Vec<f32>> {
+        t.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// `s`: `[B, H, T, T]` raw scores, `mask`: `[B, 1, T, T]`. Returns `(P, lse [B, H, T, 1])`.
+    pub fn softmax_lse(s: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, _) = s.dims4()?;
+        let mut p = data(s)?;
+        let mask = data(mask)?;
+        let mut lse = vec![0f32; b * h * t];
+        let scale = scale as f32;
+        p.par_chunks_mut(t).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (x, l))| {
+            let (bi, i) = (row / (h * t), row % t);
+            let m = &mask[(bi * t + i) * t..][..t];
+            let mut max = f32::NEG_INFINITY;
+            for (xj, mj) in x.iter_mut().zip(m) {
+                *xj = *xj * scale + mj;
+                max = max.max(*xj);
+            }
+            let mut sum = 0f32;
+            for xj in x.iter_mut() {
+                *xj = (*xj - max).exp();
+                sum += *xj;
+            }
+            let inv = 1.0 / sum;
+            x.iter_mut().for_each(|xj| *xj *= inv);
+            *l = max + sum.ln();
+        });
+        Ok((Tensor::from_vec(p, (b, h, t, t), s.device())?, Tensor::from_vec(lse, (b, h, t, 1), s.device())?))
+    }
+
+    /// Recomputes `P = exp(s·scale + mask − lse)` and returns `(P, dS)`.
+    pub fn softmax_backward(s: &Tensor, dp: &Tensor, lse: &Tensor, delta: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, _) = s.dims4()?;
+        let mut p = data(s)?;
+        let mut ds = data(dp)?;
+        let (lse, delta, mask) = (data(lse)?, data(delta)?, data(mask)?);
+        let scale = scale as f32;
+        p.par_chunks_mut(t).zip(ds.par_chunks_mut(t)).enumerate().for_each(|(row, (pr, dr))| {
+            let (bi, i) = (row / (h * t), row % t);
+            let m = &mask[(bi * t + i) * t..][..t];
+            let (l, d) = (lse[row], delta[row]);
+            for ((pj, dj), mj) in pr.iter_mut().zip(dr.iter_mut()).zip(m) {
+                *pj = (*pj * scale + mj - l).exp();
+                *dj = *pj * (*dj - d) * scale;
+            }
+        });
+        let shape = (b, h, t, t);
+        Ok((Tensor::from_vec(p, shape, s.device())?, Tensor::from_vec(ds, shape, s.device())?))
+    }
 }
