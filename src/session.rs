@@ -54,8 +54,17 @@ impl Session {
             .enumerate()
             .map(|(i, r)| {
                 let (prompt, response) = template.render(r);
-                tokenize_pair(&self.tokenizer, &prompt, &response, self.eos_id, max_seq_len, train_on)
-                    .with_context(|| format!("{}: record {i}", path.display()))
+                let example = tokenize_pair(&self.tokenizer, &prompt, &response, self.eos_id, max_seq_len, train_on)
+                    .with_context(|| format!("{}: record {i}", path.display()))?;
+                // A tokenizer that does not belong to the checkpoint shows up here, not as an index error deep inside.
+                if let Some(&bad) = example.ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab_size) {
+                    anyhow::bail!(
+                        "{}: record {i}: token id {bad} is outside the model's vocabulary ({} entries); is tokenizer.json from this checkpoint?",
+                        path.display(),
+                        self.model.cfg.vocab_size
+                    );
+                }
+                Ok(example)
             })
             .collect()
     }

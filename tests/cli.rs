@@ -151,6 +151,16 @@ fn user_mistakes_get_one_clear_error() {
     tensors.remove("model.layers.1.mlp.up_proj.weight");
     candle_core::safetensors::save(&tensors, broken.join("model.safetensors")).unwrap();
     check("broken.toml", text.replace(&src.display().to_string(), &broken.display().to_string()), &["model.layers.1.mlp.up_proj.weight"]);
+
+    // A tokenizer from another model (1024 entries against a 320-entry embedding) is named as such.
+    let mismatched = dir.path().join("mismatched");
+    std::fs::create_dir(&mismatched).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), mismatched.join(f)).unwrap();
+    }
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/tiny-llama/tokenizer.json");
+    std::fs::copy(tiny, mismatched.join("tokenizer.json")).unwrap();
+    check("mismatched.toml", text.replace(&src.display().to_string(), &mismatched.display().to_string()), &["outside the model's vocabulary", "record"]);
 }
 
 #[test]
