@@ -42,3 +42,40 @@ pub fn tokenize_pair(tok: &TextTokenizer, prompt: &str, response: &str, eos: u32
     is_target.truncate(max_seq_len);
     Ok(Example { ids, is_target, truncated })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> TextTokenizer {
+        let dir = crate::testing::fixtures_dir().join("models/llama-gqa");
+        TextTokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json"))).unwrap()
+    }
+
+    #[test]
+    fn sequence_is_prompt_with_bos_then_response_then_eos() {
+        let tok = tokenizer();
+        let e = tokenize_pair(&tok, "Q: hola\n", "adiós", 2, 512, TrainOn::Response).unwrap();
+        let prompt = tok.encode("Q: hola\n", true).unwrap();
+        let response = tok.encode("adiós", false).unwrap();
+        assert_eq!(prompt[0], 1, "the fixture tokenizer adds BOS");
+        assert_eq!(e.ids, [prompt.clone(), response.clone(), vec![2]].concat());
+        let targets: Vec<bool> = (0..e.ids.len()).map(|i| i >= prompt.len()).collect();
+        assert_eq!(e.is_target, targets);
+        assert_eq!(e.target_tokens(), response.len() + 1);
+        assert!(!e.truncated);
+
+        let all = tokenize_pair(&tok, "Q: hola\n", "adiós", 2, 512, TrainOn::All).unwrap();
+        assert_eq!(all.target_tokens(), all.ids.len() - 1);
+    }
+
+    #[test]
+    fn truncation_keeps_the_prompt_start() {
+        let tok = tokenizer();
+        let full = tokenize_pair(&tok, "a long prompt with several words\n", "and a response", 2, 512, TrainOn::Response).unwrap();
+        let cut = tokenize_pair(&tok, "a long prompt with several words\n", "and a response", 2, 5, TrainOn::Response).unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.ids, full.ids[..5]);
+        assert_eq!(cut.target_tokens(), 0, "the response fell off the end");
+    }
+}
