@@ -140,7 +140,7 @@ mod tests {
         let mut opt = AdamW::new(cfg, &[&p]).unwrap();
         let (lr, mut want) = (0.01f64, [1.0f64, -2.0]);
         for _ in 0..3 {
-            opt.step(&mut [&mut p], &[g.clone()], lr).unwrap();
+            opt.step(&mut [&mut p], std::slice::from_ref(&g), lr).unwrap();
             for (w, gi) in want.iter_mut().zip([0.5f64, -0.25]) {
                 *w = *w * (1.0 - lr * 0.1) - lr * gi / (gi.abs() + 1e-8);
             }

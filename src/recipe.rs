@@ -192,7 +192,7 @@ impl Recipe {
             bail!("[train] batch_size must be at least 1");
         }
         let micro = t.micro_batch_size.unwrap_or(t.batch_size);
-        if micro == 0 || t.batch_size % micro != 0 {
+        if micro == 0 || !t.batch_size.is_multiple_of(micro) {
             bail!("[train] batch_size ({}) must be a multiple of micro_batch_size ({micro})", t.batch_size);
         }
         if t.max_seq_len < 2 {

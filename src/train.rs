@@ -122,7 +122,7 @@ pub fn lr_label(lr: f64) -> String {
 
 fn lora_spec(recipe: &Recipe) -> Result<LoraSpec> {
     let l = &recipe.lora;
-    let targets = match &l.targets {
+    let mut targets = match &l.targets {
         Some(names) => names
             .iter()
             .map(|n| Target::parse(n).with_context(|| format!("[lora] targets: `{n}` is not one of q, k, v, o, gate, up, down")))
@@ -132,7 +132,6 @@ fn lora_spec(recipe: &Recipe) -> Result<LoraSpec> {
     if targets.is_empty() {
         bail!("[lora] targets is empty");
     }
-    let mut targets = targets;
     targets.sort();
     targets.dedup();
     let r = l.r.unwrap_or(8);

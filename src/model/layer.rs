@@ -99,8 +99,14 @@ impl Model {
     }
 
     /// Backward through projection `t`: returns its input gradient, adding LoRA gradients into `grads`.
-    fn project_backward(&self, li: usize, t: Target, dy: &Tensor, x: &Tensor, c: &LayerCache, adapter: &Adapter, grads: &mut Grads) -> Result<Tensor> {
+    fn project_backward(&self, li: usize, t: Target, dy: &Tensor, c: &LayerCache, adapter: &Adapter, grads: &mut Grads) -> Result<Tensor> {
         let frozen = &self.layers[li].proj[t.index()];
+        let x = match t {
+            Target::Q | Target::K | Target::V => &c.n1,
+            Target::O => &c.o2,
+            Target::Gate | Target::Up => &c.n2,
+            Target::Down => &c.h,
+        };
         let lora = match (&adapter.layers[li][t.index()], &c.lora[t.index()]) {
             (Some(f), Some(saved)) => Some((f, adapter.spec.scale(), saved)),
             _ => None,
@@ -119,23 +125,23 @@ impl Model {
         let (b, t, d) = (inp.b, inp.t, cfg.head_dim);
         let dy2 = dy.flatten_to(1)?;
         // MLP branch.
-        let dh = self.project_backward(li, Target::Down, &dy2, &c.h, c, adapter, grads)?;
+        let dh = self.project_backward(li, Target::Down, &dy2, c, adapter, grads)?;
         let (dg, du) = activation::backward(&dh, &c.g, &c.u, cfg.activation)?;
         let dn2 = self
-            .project_backward(li, Target::Gate, &dg, &c.n2, c, adapter, grads)?
-            .add(&self.project_backward(li, Target::Up, &du, &c.n2, c, adapter, grads)?)?;
+            .project_backward(li, Target::Gate, &dg, c, adapter, grads)?
+            .add(&self.project_backward(li, Target::Up, &du, c, adapter, grads)?)?;
         let dx1 = dy.add(&rmsnorm::backward(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2)?)?;
         // Attention branch.
-        let do2 = self.project_backward(li, Target::O, &dx1.flatten_to(1)?, &c.o2, c, adapter, grads)?;
+        let do2 = self.project_backward(li, Target::O, &dx1.flatten_to(1)?, c, adapter, grads)?;
         let do_ = do2.reshape((b, t, cfg.num_heads, d))?.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (d as f64).sqrt();
         let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, scale)?;
         let dq = rope::backward(&dq, &inp.rope)?;
         let dk = rope::backward(&dk, &inp.rope)?;
         let rows = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b * t, ()))?) };
-        let mut dn1 = self.project_backward(li, Target::Q, &rows(dq)?, &c.n1, c, adapter, grads)?;
-        dn1 = dn1.add(&self.project_backward(li, Target::K, &rows(dk)?, &c.n1, c, adapter, grads)?)?;
-        dn1 = dn1.add(&self.project_backward(li, Target::V, &rows(dv)?, &c.n1, c, adapter, grads)?)?;
+        let mut dn1 = self.project_backward(li, Target::Q, &rows(dq)?, c, adapter, grads)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::K, &rows(dk)?, c, adapter, grads)?)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::V, &rows(dv)?, c, adapter, grads)?)?;
         let dx = dx1.add(&rmsnorm::backward(&dn1.reshape(dy.shape())?, &c.x, &lw.input_norm, cfg.norm_weight_offset, &c.rstd1)?)?;
         Ok(dx)
     }

@@ -43,97 +43,82 @@ fn fold_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     x.reshape((b, hq / n_rep, n_rep, t, d))?.sum(2)
 }
 
-fn scores(q: &Tensor, k_rep: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let s = matmul(q, &k_rep.t()?)?;
-    (s.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)
-}
-
-/// The fused CPU path serves f32 on CPU. Every other case takes the Candle-op path, and so do inputs that Candle's
-/// autograd is tracking (the kernels are opaque to it; the tests use autograd as the oracle of whole models).
+/// The fused CPU kernels serve f32 on CPU. Every other case takes the Candle-op reference, and so do inputs that
+/// Candle's autograd is tracking (the kernels are opaque to it; the tests use autograd as the oracle of whole
+/// models).
 fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     q.device().is_cpu() && q.dtype() == DType::F32 && ![q, k, v].iter().any(|t| t.track_op())
 }
 
 /// `q`: `[B, Hq, T, d]`, `k`/`v`: `[B, Hkv, T, d]`. Returns `(o [B, Hq, T, d], lse [B, Hq, T, 1] f32)`.
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    if !use_cpu_kernels(q, k, v) {
-        return forward_reference(q, k, v, mask, scale);
-    }
+    forward_with(q, k, v, mask, scale, use_cpu_kernels(q, k, v))
+}
+
+/// [`forward`] with the softmax always in Candle ops.
+pub fn forward_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    forward_with(q, k, v, mask, scale, false)
+}
+
+fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, fused: bool) -> Result<(Tensor, Tensor)> {
     let n_rep = q.dim(1)? / k.dim(1)?;
     let s = matmul(q, &repeat_kv(k, n_rep)?.t()?)?;
-    let (p, lse) = cpu::softmax_lse(&s, mask, scale)?;
+    let (p, lse) = if fused { cpu::softmax_lse(&s, mask, scale)? } else { softmax_lse(&s, mask, scale)? };
     let o = matmul(&p, &repeat_kv(v, n_rep)?)?;
     Ok((o, lse))
 }
 
 /// Returns `(dq, dk, dv)` given the output gradient `do_` and what forward produced.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
-    do_: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    lse: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    if !use_cpu_kernels(q, k, v) {
-        return backward_reference(do_, q, k, v, o, lse, mask, scale);
-    }
+pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_with(do_, q, k, v, o, lse, mask, scale, use_cpu_kernels(q, k, v))
+}
+
+/// [`backward`] with the softmax backward always in Candle ops.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_reference(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_with(do_, q, k, v, o, lse, mask, scale, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_with(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &Tensor, scale: f64, fused: bool) -> Result<(Tensor, Tensor, Tensor)> {
     let n_rep = q.dim(1)? / k.dim(1)?;
     let k_rep = repeat_kv(k, n_rep)?;
     let v_rep = repeat_kv(v, n_rep)?;
     let s = matmul(q, &k_rep.t()?)?;
     let dp = matmul(do_, &v_rep.t()?)?;
-    let delta = do_.mul(o)?.sum_keepdim(D::Minus1)?;
-    let (p, ds) = cpu::softmax_backward(&s, &dp, lse, &delta, mask, scale)?;
+    // rowsum(dP ⊙ P) equals rowsum(dO ⊙ O): the cheaper form.
+    let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
+    let (p, ds) = if fused {
+        cpu::softmax_backward(&s, &dp, lse, &delta, mask, scale)?
+    } else {
+        softmax_backward(&s, &dp, lse, &delta, mask, scale)?
+    };
     let dv = fold_kv(&matmul(&p.t()?, do_)?, n_rep)?;
     let dq = matmul(&ds, &k_rep)?;
     let dk = fold_kv(&matmul(&ds.t()?, q)?, n_rep)?;
     Ok((dq, dk, dv))
 }
 
-/// Reference forward in Candle ops (any device, any dtype).
-pub fn forward_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    let n_rep = q.dim(1)? / k.dim(1)?;
-    let s = scores(q, &repeat_kv(k, n_rep)?, mask, scale)?;
-    let max = s.max_keepdim(D::Minus1)?;
-    let lse = s.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.add(&max)?;
-    let p = s.broadcast_sub(&lse)?.exp()?.to_dtype(q.dtype())?;
-    let o = matmul(&p, &repeat_kv(v, n_rep)?)?;
-    Ok((o, lse))
+/// Scale + mask + softmax over raw scores `s`, in f32; returns `(P in s's dtype, lse)`.
+fn softmax_lse(s: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    let x = (s.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
+    let max = x.max_keepdim(D::Minus1)?;
+    let lse = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.add(&max)?;
+    let p = x.broadcast_sub(&lse)?.exp()?.to_dtype(s.dtype())?;
+    Ok((p, lse))
 }
 
-/// Reference backward in Candle ops (any device, any dtype).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_reference(
-    do_: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    lse: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let dt = q.dtype();
-    let n_rep = q.dim(1)? / k.dim(1)?;
-    let k_rep = repeat_kv(k, n_rep)?;
-    let v_rep = repeat_kv(v, n_rep)?;
-    let p = scores(q, &k_rep, mask, scale)?.broadcast_sub(lse)?.exp()?;
-    let dv = fold_kv(&matmul(&p.to_dtype(dt)?.t()?, do_)?, n_rep)?;
-    let dp = matmul(do_, &v_rep.t()?)?.to_dtype(DType::F32)?;
-    // rowsum(dP ⊙ P) equals rowsum(dO ⊙ O): the cheaper form.
-    let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
-    let ds = (p.mul(&dp.broadcast_sub(&delta)?)? * scale)?.to_dtype(dt)?;
-    let dq = matmul(&ds, &k_rep)?;
-    let dk = fold_kv(&matmul(&ds.t()?, q)?, n_rep)?;
-    Ok((dq, dk, dv))
+/// Recomputes `P = exp(s·scale + mask − lse)` and returns `(P, dS = P ⊙ (dP − δ) · scale)` in s's dtype.
+fn softmax_backward(s: &Tensor, dp: &Tensor, lse: &Tensor, delta: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    let dt = s.dtype();
+    let p = (s.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?.broadcast_sub(lse)?.exp()?;
+    let ds = (p.mul(&dp.to_dtype(DType::F32)?.broadcast_sub(delta)?)? * scale)?.to_dtype(dt)?;
+    Ok((p.to_dtype(dt)?, ds))
 }
 
-/// Row-parallel f32 CPU kernels: scale + mask + softmax keeping the log-sum-exp, and the softmax backward
-/// `dS = P ⊙ (dP − δ) · scale`. Rows are independent, so they run on all cores with rayon.
+/// Row-parallel f32 CPU kernels of [`softmax_lse`] and [`softmax_backward`], fused into one pass per row.
+/// Rows are independent, so they run on all cores with rayon.
 mod cpu {
     use candle_core::{Result, Tensor};
     use rayon::prelude::*;
