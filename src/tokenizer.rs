@@ -58,8 +58,8 @@ impl TextTokenizer {
                             .single_word(flag("single_word")),
                     );
                 }
-                inner.add_special_tokens(&specials);
-                inner.add_tokens(&plain);
+                inner.add_special_tokens(specials).map_err(|e| anyhow!("{}: cannot register added tokens: {e}", path.display()))?;
+                inner.add_tokens(plain).map_err(|e| anyhow!("{}: cannot register added tokens: {e}", path.display()))?;
             }
             bos_token = token_string(cfg.get("bos_token"));
             eos_token = token_string(cfg.get("eos_token"));
