@@ -152,6 +152,18 @@ fn user_mistakes_get_one_clear_error() {
     candle_core::safetensors::save(&tensors, broken.join("model.safetensors")).unwrap();
     check("broken.toml", text.replace(&src.display().to_string(), &broken.display().to_string()), &["model.layers.1.mlp.up_proj.weight"]);
 
+    // A config that disagrees with the weights names the tensor and both shapes; an unknown architecture is named.
+    let misshaped = dir.path().join("misshaped");
+    std::fs::create_dir(&misshaped).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), misshaped.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    std::fs::write(misshaped.join("config.json"), config.replace("\"intermediate_size\": 96", "\"intermediate_size\": 100")).unwrap();
+    check("misshaped.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[100, 64]"]);
+    std::fs::write(misshaped.join("config.json"), config.replace("LlamaForCausalLM", "MistralForCausalLM")).unwrap();
+    check("unknown-arch.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["MistralForCausalLM", "config.json"]);
+
     // A tokenizer from another model (1024 entries against a 320-entry embedding) is named as such.
     let mismatched = dir.path().join("mismatched");
     std::fs::create_dir(&mismatched).unwrap();
