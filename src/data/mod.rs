@@ -3,6 +3,8 @@
 
 pub mod alpaca;
 pub mod batch;
+pub mod mix;
+pub mod record;
 pub mod template;
 
 use crate::tokenizer::TextTokenizer;
