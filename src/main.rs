@@ -1,7 +1,8 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use trainer::data::{template::Template, TrainOn};
+use trainer::data::format::Format;
+use trainer::data::TrainOn;
 use trainer::lora::Adapter;
 use trainer::session::Session;
 
@@ -21,6 +22,18 @@ enum Command {
         /// Write the runs here instead of the recipe's output_dir.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Resolve source paths against this folder instead of the recipe's data_root.
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+    },
+    /// Expand a recipe without training: runs, conditions and data sizes.
+    Plan {
+        recipe: PathBuf,
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// Print {"runs": [...], "bad_records": {...}}.
+        #[arg(long)]
+        json: bool,
     },
     /// Held-out loss and perplexity of a model (+ adapter) on a data file.
     Eval {
@@ -59,22 +72,35 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().command {
-        Command::Run { recipe, output_dir } => {
-            trainer::train::run_recipe(&recipe, output_dir)?;
+        Command::Run { recipe, output_dir, data_root } => {
+            trainer::train::run_recipe(&recipe, output_dir, data_root.as_deref())?;
+            Ok(())
+        }
+        Command::Plan { recipe, data_root, json } => {
+            let (runs, bad) = trainer::train::plan_recipe(&recipe, data_root.as_deref())?;
+            if json {
+                println!("{}", serde_json::json!({ "runs": runs, "bad_records": bad }));
+            } else {
+                println!("{:<40} {:>9} {:>8} {:>8} {:>12} {:>9}", "run", "lr", "train", "heldout", "train tok", "truncated");
+                for r in &runs {
+                    println!("{:<40} {:>9} {:>8} {:>8} {:>12} {:>9}", r.run, trainer::train::lr_label(r.lr), r.train_examples, r.heldout_examples, r.train_target_tokens, r.truncated_examples);
+                }
+                if bad.count > 0 {
+                    println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
+                }
+            }
             Ok(())
         }
         Command::Eval { model, adapter, data, format, template, max_seq_len, batch_size, device, dtype, json } => {
-            if format != "alpaca" {
-                anyhow::bail!("--format `{format}` is not supported yet (alpaca)");
-            }
+            let format = Format::parse(&format).context("--format")?;
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
             let adapter = adapter
                 .map(|dir| Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display())))
                 .transpose()?;
-            let examples = session.alpaca_examples(&data, Template::parse(&template)?, max_seq_len, TrainOn::Response)?;
-            let r = trainer::eval::evaluate(&session.model, adapter.as_ref(), &examples, batch_size, session.pad_id)?;
+            let examples = session.text.examples(&data, format, &template, max_seq_len, TrainOn::Response)?;
+            let r = trainer::eval::evaluate(&session.model, adapter.as_ref(), &examples, batch_size, session.text.pad_id)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -20,9 +20,67 @@ pub struct Recipe {
     pub template: TemplateSection,
     #[serde(default)]
     pub sources: Vec<SourceSection>,
+    /// Experimental conditions; without any, all sources form one condition named after the recipe.
+    #[serde(default)]
+    pub conditions: Vec<ConditionSection>,
+    #[serde(default)]
+    pub eval: EvalSection,
+    /// Where source paths resolve (relative to the recipe's folder); default: the recipe's folder.
+    pub data_root: Option<PathBuf>,
+    /// "error" (default): a bad record stops the run naming file, line and field; "skip": skip and report.
+    #[serde(default = "error_policy")]
+    pub on_bad_record: String,
     /// The folder of the recipe file: relative model and data paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+fn error_policy() -> String {
+    "error".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Share of each condition held out (seeded, stratified by language) and never trained on.
+    #[serde(default)]
+    pub heldout_fraction: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSection {
+    pub name: String,
+    pub sources: Vec<EntrySection>,
+    /// "concat" (default), "parallel" or "sampled" (over sources aligned by record id).
+    #[serde(default = "concat")]
+    pub compose: String,
+    pub size: Option<usize>,
+    pub match_size_of: Option<String>,
+    /// Expands the condition once per language, substituting `{lang}` in its name and source names.
+    pub languages: Option<Vec<String>>,
+}
+
+fn concat() -> String {
+    "concat".into()
+}
+
+/// A source in a condition: its name, or a table with how much of it to take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EntrySection {
+    Name(String),
+    Sized(SizedEntry),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizedEntry {
+    pub source: String,
+    pub count: Option<usize>,
+    pub fraction: Option<f64>,
+    pub weight: Option<f64>,
+    pub prune: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,7 +203,15 @@ pub struct SourceSection {
     #[serde(default = "alpaca")]
     pub format: String,
     pub language: Option<String>,
+    /// native, translated, round-trip, or any label.
     pub origin: Option<String>,
+    /// The translation engine, for translated data (e.g. "google", "cohere").
+    pub engine: Option<String>,
+    /// Field-name overrides: `fields = { instruction = "prompt" }`.
+    #[serde(default)]
+    pub fields: crate::data::format::FieldMap,
+    /// Expands the source once per language, substituting `{lang}` in its name and path.
+    pub languages: Option<Vec<String>>,
 }
 
 impl Recipe {
@@ -207,20 +273,26 @@ impl Recipe {
                 bail!("[lora] dropout must be in [0, 1)");
             }
         }
-        crate::data::template::Template::parse(&self.template.name).context("[template] name")?;
+        const TEMPLATES: [&str; 5] = ["alpaca", "llama2-chat", "gemma", "chatml", "model"];
+        if !TEMPLATES.contains(&self.template.name.as_str()) {
+            bail!("[template] name `{}` is not one of {}", self.template.name, TEMPLATES.join(", "));
+        }
         crate::data::TrainOn::parse(&self.template.train_on).context("[template] train_on")?;
         if self.sources.is_empty() {
             bail!("no [[sources]]: name at least one data file");
         }
-        let mut names = std::collections::HashSet::new();
         for s in &self.sources {
-            if !names.insert(&s.name) {
-                bail!("[[sources]] name `{}` is used twice", s.name);
-            }
-            if s.format != "alpaca" {
-                bail!("[[sources]] `{}`: format `{}` is not supported yet (alpaca)", s.name, s.format);
-            }
+            let format = crate::data::format::Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
+            crate::data::format::validate_fields(format, &s.fields).with_context(|| format!("[[sources]] `{}`: fields", s.name))?;
         }
+        if !["error", "skip"].contains(&self.on_bad_record.as_str()) {
+            bail!("on_bad_record must be \"error\" or \"skip\"");
+        }
+        if !(0.0..1.0).contains(&self.eval.heldout_fraction) {
+            bail!("[eval] heldout_fraction must be in [0, 1)");
+        }
+        // Expanding checks names, {lang} placeholders and references between conditions and sources.
+        crate::data::pipeline::expand(self)?;
         Ok(())
     }
 }

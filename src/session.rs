@@ -1,19 +1,22 @@
-//! A loaded base model with its tokenizer and special tokens: what both `run` and `eval` start from.
+//! A base model's text side (files, config, tokenizer, special ids) and, when training or evaluating, its
+//! weights: what `run`, `eval` and `plan` start from.
 
 use crate::checkpoint::{self, ModelFiles};
-use crate::data::alpaca;
+use crate::config::ModelConfig;
 use crate::data::batch::Example;
-use crate::data::template::Template;
-use crate::data::{tokenize_pair, TrainOn};
+use crate::data::format::{FieldMap, Format};
+use crate::data::pipeline::{read_source, BadRecords, Encoder, PromptTemplate, SourceSpec};
+use crate::data::TrainOn;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::Path;
 
-pub struct Session {
+/// Everything about a checkpoint except its weights (enough to plan and tokenize).
+pub struct ModelText {
     pub files: ModelFiles,
-    pub model: Model,
+    pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
     pub eos_id: u32,
     pub pad_id: u32,
@@ -29,13 +32,12 @@ fn generation_eos(files: &ModelFiles) -> Option<u32> {
     }
 }
 
-impl Session {
-    pub fn open(model: &str, base_dir: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+impl ModelText {
+    pub fn open(model: &str, base_dir: Option<&Path>) -> Result<Self> {
         let files = checkpoint::locate(model, base_dir)?;
-        let model = Model::load(&files, dtype, device)?;
+        let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = TextTokenizer::load(&files)?;
-        let eos_id = model
-            .cfg
+        let eos_id = config
             .eos_token_ids
             .first()
             .copied()
@@ -43,29 +45,46 @@ impl Session {
             .or_else(|| tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)))
             .with_context(|| format!("{}: no eos_token_id in config.json or generation_config.json, and no eos_token in tokenizer_config.json", files.dir.display()))?;
         // Padding is never attended to nor scored, so any valid id works when the config names none.
-        let pad_id = model.cfg.pad_token_id.unwrap_or(eos_id);
-        Ok(Self { files, model, tokenizer, eos_id, pad_id })
+        let pad_id = config.pad_token_id.unwrap_or(eos_id);
+        Ok(Self { files, config, tokenizer, eos_id, pad_id })
     }
 
-    /// Reads an alpaca file and tokenizes every record. Returns the examples.
-    pub fn alpaca_examples(&self, path: &Path, template: Template, max_seq_len: usize, train_on: TrainOn) -> Result<Vec<Example>> {
-        alpaca::read(path)?
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (prompt, response) = template.render(r);
-                let example = tokenize_pair(&self.tokenizer, &prompt, &response, self.eos_id, max_seq_len, train_on)
-                    .with_context(|| format!("{}: record {i}", path.display()))?;
-                // A tokenizer that does not belong to the checkpoint shows up here, not as an index error deep inside.
-                if let Some(&bad) = example.ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab_size) {
-                    anyhow::bail!(
-                        "{}: record {i}: token id {bad} is outside the model's vocabulary ({} entries); is tokenizer.json from this checkpoint?",
-                        path.display(),
-                        self.model.cfg.vocab_size
-                    );
-                }
-                Ok(example)
-            })
-            .collect()
+    pub fn encoder(&self, template: &str, max_seq_len: usize, train_on: TrainOn) -> Result<Encoder<'_>> {
+        Ok(Encoder {
+            tokenizer: &self.tokenizer,
+            template: PromptTemplate::from_name(template, &self.tokenizer).context("template")?,
+            eos_id: self.eos_id,
+            vocab_size: self.config.vocab_size,
+            max_seq_len,
+            train_on,
+        })
+    }
+
+    /// Reads one data file (every record must be good) and tokenizes it with `template`.
+    pub fn examples(&self, path: &Path, format: Format, template: &str, max_seq_len: usize, train_on: TrainOn) -> Result<Vec<Example>> {
+        let spec = SourceSpec {
+            name: path.display().to_string(),
+            path: path.to_path_buf(),
+            format,
+            fields: FieldMap::default(),
+            language: None,
+            origin: None,
+            engine: None,
+        };
+        let records = read_source(&spec, false, &mut BadRecords::default())?;
+        self.encoder(template, max_seq_len, train_on)?.encode_all(&records)
+    }
+}
+
+pub struct Session {
+    pub text: ModelText,
+    pub model: Model,
+}
+
+impl Session {
+    pub fn open(model: &str, base_dir: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let text = ModelText::open(model, base_dir)?;
+        let model = Model::load(&text.files, dtype, device)?;
+        Ok(Self { text, model })
     }
 }

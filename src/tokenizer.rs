@@ -7,6 +7,9 @@ use serde_json::Value;
 use std::path::Path;
 use tokenizers::{AddedToken, Tokenizer};
 
+/// Byte ranges `(start, end)` of tokens in the encoded text.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct TextTokenizer {
     inner: Tokenizer,
     pub bos_token: Option<String>,
@@ -72,6 +75,12 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids and byte offsets `(start, end)` of `text`, without special tokens added (chat templates write their own).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

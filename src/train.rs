@@ -2,13 +2,13 @@
 //! (PEFT format) and `<run>/metrics.jsonl` (one line per optimizer step).
 
 use crate::data::batch::{Batch, Example};
-use crate::data::template::Template;
+use crate::data::pipeline::{self, BadRecords, ConditionData};
 use crate::data::TrainOn;
 use crate::lora::{Adapter, LoraSpec, Target};
 use crate::model::{Grads, Model, StepCtx};
 use crate::optim::{clip_global_norm, AdamW, AdamWConfig, Schedule};
 use crate::recipe::Recipe;
-use crate::session::Session;
+use crate::session::{ModelText, Session};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use rand::seq::SliceRandom;
@@ -32,11 +32,15 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub run: String,
+    pub condition: String,
     pub lr: f64,
     pub steps: usize,
     pub final_loss: f64,
     pub train_examples: usize,
     pub truncated_examples: usize,
+    /// Loss and perplexity on the condition's held-out share after training, when it has one.
+    pub heldout: Option<crate::eval::EvalResult>,
+    pub bad_records: BadRecords,
     pub adapter: PathBuf,
     pub seconds: f64,
 }
@@ -164,102 +168,177 @@ fn initial_adapter(recipe: &Recipe, model: &Model) -> Result<Adapter> {
     Ok(adapter)
 }
 
-/// Runs every learning rate of the recipe. Returns one summary per run.
-pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>) -> Result<Vec<RunSummary>> {
+/// One run of a plan: a condition at a learning rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    pub run: String,
+    pub model: String,
+    pub condition: String,
+    pub lr: f64,
+    pub seed: u64,
+    pub train_examples: usize,
+    pub heldout_examples: usize,
+    pub train_target_tokens: usize,
+    pub heldout_target_tokens: usize,
+    pub truncated_examples: usize,
+    /// Training examples per language.
+    pub languages: std::collections::BTreeMap<String, usize>,
+}
+
+fn run_name(condition: &str, lr: f64) -> String {
+    format!("{condition}-lr{}", lr_label(lr))
+}
+
+fn tokens(examples: &[Example]) -> usize {
+    examples.iter().map(Example::target_tokens).sum()
+}
+
+fn plan_runs(recipe: &Recipe, conditions: &[ConditionData]) -> Vec<PlannedRun> {
+    let mut out = Vec::new();
+    for c in conditions {
+        for lr in recipe.lrs() {
+            out.push(PlannedRun {
+                run: run_name(&c.name, lr),
+                model: recipe.model.path.clone(),
+                condition: c.name.clone(),
+                lr,
+                seed: recipe.seed,
+                train_examples: c.train.len(),
+                heldout_examples: c.heldout.len(),
+                train_target_tokens: tokens(&c.train),
+                heldout_target_tokens: tokens(&c.heldout),
+                truncated_examples: c.truncated(),
+                languages: c.languages.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn load_recipe(recipe_path: &Path, output_dir: Option<PathBuf>) -> Result<Recipe> {
     let mut recipe = Recipe::load(recipe_path)?;
     if let Some(dir) = output_dir {
         recipe.output_dir = dir;
     }
+    Ok(recipe)
+}
+
+fn report_bad_records(bad: &BadRecords) {
+    if bad.count > 0 {
+        eprintln!("skipped {} bad record(s) (on_bad_record = \"skip\"); the first:", bad.count);
+        for b in &bad.first {
+            eprintln!("  {b}");
+        }
+    }
+}
+
+/// Expands the recipe and its data without training: what `trainer plan` shows.
+pub fn plan_recipe(recipe_path: &Path, data_root: Option<&Path>) -> Result<(Vec<PlannedRun>, BadRecords)> {
+    let recipe = load_recipe(recipe_path, None)?;
+    let text = ModelText::open(&recipe.model.path, Some(&recipe.base_dir))?;
+    let expanded = pipeline::expand_with_root(&recipe, data_root)?;
+    let encoder = text.encoder(&recipe.template.name, recipe.train.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
+    let (conditions, bad) = pipeline::load(&recipe, &expanded, &encoder)?;
+    Ok((plan_runs(&recipe, &conditions), bad))
+}
+
+/// Runs every condition of the recipe at every learning rate. Returns one summary per run.
+pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>, data_root: Option<&Path>) -> Result<Vec<RunSummary>> {
+    let recipe = load_recipe(recipe_path, output_dir)?;
     let device = crate::runtime::device(&recipe.model.device).context("[model] device")?;
     let dtype = crate::runtime::dtype(&recipe.model.dtype, &device).context("[model] dtype")?;
     let session = Session::open(&recipe.model.path, Some(&recipe.base_dir), dtype, &device)?;
-    let template = crate::data::template::Template::parse(&recipe.template.name)?;
-    let train_on = TrainOn::parse(&recipe.template.train_on)?;
-    let examples = load_sources(&recipe, &session, template, train_on)?;
-    let truncated = examples.iter().filter(|e| e.truncated).count();
+    let expanded = pipeline::expand_with_root(&recipe, data_root)?;
     let t = &recipe.train;
+    let encoder = session.text.encoder(&recipe.template.name, t.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
+    let (conditions, bad) = pipeline::load(&recipe, &expanded, &encoder)?;
+    report_bad_records(&bad);
     let micro = t.micro_batch_size.unwrap_or(t.batch_size);
-    let steps_per_epoch = examples.len().div_ceil(t.batch_size);
-    let total_steps = t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
     let save_dtype = if t.save_dtype == "bf16" { DType::BF16 } else { DType::F32 };
-    eprintln!(
-        "model {} ({}, {} layers) on {:?}/{:?}: {} examples ({} truncated at {} tokens), {} steps per run",
-        session.files.dir.display(),
-        session.model.cfg.architecture,
-        session.model.cfg.num_layers,
-        device,
-        dtype,
-        examples.len(),
-        truncated,
-        t.max_seq_len,
-        total_steps
-    );
+    let planned = plan_runs(&recipe, &conditions);
     let mut summaries = Vec::new();
-    for lr in recipe.lrs() {
-        let run = format!("{}-lr{}", recipe.name, lr_label(lr));
-        let run_dir = recipe.output_dir.join(&run);
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let mut adapter = initial_adapter(&recipe, &session.model)?;
-        let plan = TrainPlan {
-            lr,
-            total_steps,
-            batch_size: t.batch_size,
-            micro_batch_size: micro,
-            schedule: Schedule::parse(&t.scheduler)?,
-            warmup_steps: t.warmup_steps,
-            adamw: AdamWConfig { weight_decay: t.weight_decay, ..Default::default() },
-            max_grad_norm: t.max_grad_norm,
-            shuffle: t.shuffle,
-            seed: recipe.seed,
-            dropout: adapter.spec.dropout,
-            recompute: t.gradient_checkpointing,
-        };
-        let started = Instant::now();
-        let metrics_path = run_dir.join("metrics.jsonl");
-        let tmp_metrics = run_dir.join(".metrics.jsonl.tmp");
-        let mut metrics = std::io::BufWriter::new(std::fs::File::create(&tmp_metrics).with_context(|| format!("cannot create {}", tmp_metrics.display()))?);
-        let bar = indicatif::ProgressBar::new(total_steps as u64).with_message(run.clone());
-        bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} loss {prefix}").expect("valid template"));
-        let mut last_loss = f64::NAN;
-        train(&session.model, &mut adapter, &examples, &plan, session.pad_id, |m| {
-            serde_json::to_writer(&mut metrics, m)?;
-            metrics.write_all(b"\n")?;
-            metrics.flush()?;
-            last_loss = m.loss;
-            bar.set_prefix(format!("{:.4}", m.loss));
-            bar.inc(1);
-            Ok(())
-        })?;
-        bar.finish();
-        drop(metrics);
-        std::fs::rename(&tmp_metrics, &metrics_path)?;
-        let adapter_dir = run_dir.join("adapter");
-        adapter.save_peft(&adapter_dir, &recipe.model.path, save_dtype)?;
-        let summary = RunSummary {
-            run: run.clone(),
-            lr,
-            steps: total_steps,
-            final_loss: last_loss,
-            train_examples: examples.len(),
-            truncated_examples: truncated,
-            adapter: adapter_dir,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        crate::fsutil::write_atomic(&run_dir.join("run.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-        eprintln!("{run}: {total_steps} steps, final loss {last_loss:.4}, adapter in {}", summary.adapter.display());
-        summaries.push(summary);
+    for (cond, runs) in conditions.iter().zip(planned.chunks(recipe.lrs().len())) {
+        let steps_per_epoch = cond.train.len().div_ceil(t.batch_size);
+        let total_steps = t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
+        eprintln!(
+            "condition {}: {} training examples, {} held out, {} truncated at {} tokens; model {} ({}, {} layers) on {:?}/{:?}; {} steps per run",
+            cond.name,
+            cond.train.len(),
+            cond.heldout.len(),
+            cond.truncated(),
+            t.max_seq_len,
+            session.text.files.dir.display(),
+            session.model.cfg.architecture,
+            session.model.cfg.num_layers,
+            device,
+            dtype,
+            total_steps
+        );
+        for p in runs {
+            let run_dir = recipe.output_dir.join(&p.run);
+            std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+            let mut adapter = initial_adapter(&recipe, &session.model)?;
+            let plan = TrainPlan {
+                lr: p.lr,
+                total_steps,
+                batch_size: t.batch_size,
+                micro_batch_size: micro,
+                schedule: Schedule::parse(&t.scheduler)?,
+                warmup_steps: t.warmup_steps,
+                adamw: AdamWConfig { weight_decay: t.weight_decay, ..Default::default() },
+                max_grad_norm: t.max_grad_norm,
+                shuffle: t.shuffle,
+                seed: recipe.seed,
+                dropout: adapter.spec.dropout,
+                recompute: t.gradient_checkpointing,
+            };
+            let started = Instant::now();
+            let metrics_path = run_dir.join("metrics.jsonl");
+            let tmp_metrics = run_dir.join(".metrics.jsonl.tmp");
+            let mut metrics = std::io::BufWriter::new(std::fs::File::create(&tmp_metrics).with_context(|| format!("cannot create {}", tmp_metrics.display()))?);
+            let bar = indicatif::ProgressBar::new(total_steps as u64).with_message(p.run.clone());
+            bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} loss {prefix}").expect("valid template"));
+            let mut last_loss = f64::NAN;
+            train(&session.model, &mut adapter, &cond.train, &plan, session.text.pad_id, |m| {
+                serde_json::to_writer(&mut metrics, m)?;
+                metrics.write_all(b"\n")?;
+                metrics.flush()?;
+                last_loss = m.loss;
+                bar.set_prefix(format!("{:.4}", m.loss));
+                bar.inc(1);
+                Ok(())
+            })?;
+            bar.finish();
+            drop(metrics);
+            std::fs::rename(&tmp_metrics, &metrics_path)?;
+            let heldout = if cond.heldout.is_empty() {
+                None
+            } else {
+                Some(crate::eval::evaluate(&session.model, Some(&adapter), &cond.heldout, micro, session.text.pad_id)?)
+            };
+            let adapter_dir = run_dir.join("adapter");
+            adapter.save_peft(&adapter_dir, &recipe.model.path, save_dtype)?;
+            let summary = RunSummary {
+                run: p.run.clone(),
+                condition: cond.name.clone(),
+                lr: p.lr,
+                steps: total_steps,
+                final_loss: last_loss,
+                train_examples: cond.train.len(),
+                truncated_examples: cond.truncated(),
+                heldout,
+                bad_records: bad.clone(),
+                adapter: adapter_dir,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            crate::fsutil::write_atomic(&run_dir.join("run.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+            let held = heldout.map(|h| format!(", held-out loss {:.4} (perplexity {:.2})", h.loss, h.perplexity)).unwrap_or_default();
+            eprintln!("{}: {total_steps} steps, final loss {last_loss:.4}{held}, adapter in {}", p.run, summary.adapter.display());
+            summaries.push(summary);
+        }
     }
+    report_bad_records(&bad);
     Ok(summaries)
-}
-
-fn load_sources(recipe: &Recipe, session: &Session, template: Template, train_on: TrainOn) -> Result<Vec<Example>> {
-    let mut all = Vec::new();
-    for s in &recipe.sources {
-        let path = recipe.resolve(&s.path);
-        let ex = session.alpaca_examples(&path, template, recipe.train.max_seq_len, train_on).with_context(|| format!("[[sources]] `{}`", s.name))?;
-        all.extend(ex);
-    }
-    Ok(all)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use trainer::data::batch::{Batch, Example};
-use trainer::data::{template::Template, TrainOn};
+use trainer::data::{format::Format, TrainOn};
 use trainer::lora::Adapter;
 use trainer::model::{Grads, StepCtx};
 use trainer::optim::{AdamWConfig, Schedule};
@@ -33,7 +33,7 @@ fn fixture(name: &'static str) -> Fixture {
     let root = trainer::testing::fixtures_dir();
     let session = Session::open(root.join("models").join(name).to_str().unwrap(), None, candle_core::DType::F32, &Device::Cpu).unwrap();
     let adapter = Adapter::load_peft(&root.join("adapters").join(name), &session.model.cfg, &Device::Cpu).unwrap();
-    let examples = session.alpaca_examples(&root.join("data/alpaca.json"), Template::Alpaca, 512, TrainOn::Response).unwrap();
+    let examples = session.text.examples(&root.join("data/alpaca.json"), Format::Alpaca, "alpaca", 512, TrainOn::Response).unwrap();
     let golden = candle_core::safetensors::load(root.join("golden").join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
     let json: Value = serde_json::from_str(&std::fs::read_to_string(root.join("golden").join(format!("{name}.json"))).unwrap()).unwrap();
     Fixture { session, adapter, examples, golden, json }
@@ -81,7 +81,7 @@ fn logits_match_peft_within_1e4() {
 fn eval_loss_matches_peft_within_1e4() {
     for name in MODELS {
         let f = fixture(name);
-        let r = trainer::eval::evaluate(&f.session.model, Some(&f.adapter), &f.examples, 4, f.session.pad_id).unwrap();
+        let r = trainer::eval::evaluate(&f.session.model, Some(&f.adapter), &f.examples, 4, f.session.text.pad_id).unwrap();
         let want = f.json["eval"]["loss"].as_f64().unwrap();
         assert_eq!(r.tokens as u64, f.json["eval"]["tokens"].as_u64().unwrap(), "{name}");
         assert!((r.loss - want).abs() <= 1e-4, "{name}: eval loss {} vs {want}", r.loss);
@@ -128,7 +128,7 @@ fn three_adamw_steps_match_torch_within_2e3() {
         };
         let per_step = t["per_step"].as_array().unwrap().clone();
         let mut step = 0;
-        let pad = f.session.pad_id;
+        let pad = f.session.text.pad_id;
         train(&f.session.model, &mut f.adapter, &f.examples, &plan, pad, |m| {
             let want = &per_step[step];
             assert_eq!(m.tokens as u64, want["tokens"].as_u64().unwrap(), "{name} step {step} tokens");

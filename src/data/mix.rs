@@ -279,6 +279,7 @@ mod tests {
             conversation: Conversation {
                 turns: vec![Turn { role: Role::User, content: format!("q {id}") }, Turn { role: Role::Assistant, content: format!("a {id}") }],
             },
+            alpaca: None,
             provenance: Provenance { source: source.into(), language: Some(lang.into()), origin: None, engine: None, source_id: Some(id.into()) },
             location: Location { file: format!("{source}.json").into(), line: None, row: None },
         }

@@ -1,9 +1,12 @@
 //! Instruction data: reading records, rendering them with a template and tokenizing them into [`batch::Example`]s.
-//! This is the seed of the data pipeline: today alpaca-format JSON arrays and the alpaca template.
+//! [`pipeline`] ties the steps together: read ([`reader`]), parse ([`format`]), mix ([`mix`]), template and tokenize.
 
-pub mod alpaca;
 pub mod batch;
+pub mod chat;
+pub mod format;
 pub mod mix;
+pub mod pipeline;
+pub mod reader;
 pub mod record;
 pub mod template;
 

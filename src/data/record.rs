@@ -38,9 +38,18 @@ pub struct Provenance {
     pub source_id: Option<String>,
 }
 
+/// The instruction and input of a single-turn record kept apart, because the alpaca template renders them in
+/// separate sections (formats without an input field give an empty one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlpacaFields {
+    pub instruction: String,
+    pub input: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub conversation: Conversation,
+    pub alpaca: Option<AlpacaFields>,
     pub provenance: Provenance,
     pub location: Location,
 }

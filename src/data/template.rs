@@ -1,6 +1,6 @@
 //! Prompt templates. Today: the alpaca template used by the native-vs-translated study.
 
-use super::alpaca::AlpacaRecord;
+use super::record::AlpacaFields;
 use anyhow::{bail, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +16,8 @@ impl Template {
         }
     }
 
-    /// `(prompt, response)` of a record.
-    pub fn render(self, r: &AlpacaRecord) -> (String, String) {
+    /// `(prompt, response)` of a single-turn record.
+    pub fn render(self, r: &AlpacaFields, output: &str) -> (String, String) {
         match self {
             Template::Alpaca => {
                 let prompt = if r.input.is_empty() {
@@ -31,7 +31,7 @@ impl Template {
                         r.instruction, r.input
                     )
                 };
-                (prompt, r.output.clone())
+                (prompt, output.to_string())
             }
         }
     }

@@ -1,0 +1,163 @@
+//! Chat templates — the model's own Jinja `chat_template` or a built-in (llama2-chat, gemma, chatml) — with
+//! response-only loss masks: each assistant turn's content and its end-of-turn marker are targets.
+//!
+//! Masks come from rendering prefixes: for assistant turn k, the text the template adds between "conversation up
+//! to turn k with the generation prompt" and "conversation up to and including turn k" is that turn's answer
+//! (content + end-of-turn marker); trailing whitespace after the marker is left out. The full text is tokenized
+//! once (the template writes BOS itself, as transformers' `apply_chat_template` does) and a token is a target
+//! when it starts inside an answer span.
+
+use super::record::{Conversation, Role};
+use crate::tokenizer::TextTokenizer;
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::{context, Environment, Error, ErrorKind};
+
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Gemma's template as shipped in gemma-*-it tokenizer_config.json.
+const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
+
+/// The Llama-2-chat template of transformers (system prompt folded into the first user turn).
+const LLAMA2_CHAT: &str = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+impl ChatTemplate {
+    /// "llama2-chat", "gemma", "chatml", or "model" (the tokenizer's own chat_template).
+    pub fn from_name(name: &str, tokenizer: &TextTokenizer) -> Result<Self> {
+        let source = match name {
+            "llama2-chat" => LLAMA2_CHAT.to_string(),
+            "gemma" => GEMMA.to_string(),
+            "chatml" => CHATML.to_string(),
+            "model" => tokenizer.chat_template.clone().context(
+                "tokenizer_config.json has no chat_template; pick a built-in template (alpaca, llama2-chat, gemma, chatml)",
+            )?,
+            other => bail!("unknown template `{other}` (alpaca, llama2-chat, gemma, chatml, model)"),
+        };
+        Self::from_source(source, tokenizer)
+    }
+
+    pub fn from_source(source: String, tokenizer: &TextTokenizer) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_template_owned("chat", source).map_err(|e| anyhow!("chat template does not parse: {e}"))?;
+        Ok(Self { env, bos: tokenizer.bos_token.clone().unwrap_or_default(), eos: tokenizer.eos_token.clone().unwrap_or_default() })
+    }
+
+    /// Renders the first `n` turns of `conv`.
+    pub fn render(&self, conv: &Conversation, n: usize, add_generation_prompt: bool) -> Result<String> {
+        let messages: Vec<_> = conv.turns[..n].iter().map(|t| context! { role => role_name(t.role), content => t.content.clone() }).collect();
+        let tmpl = self.env.get_template("chat").expect("added in from_source");
+        tmpl.render(context! { messages, bos_token => self.bos.clone(), eos_token => self.eos.clone(), add_generation_prompt })
+            .map_err(|e| anyhow!("chat template: {}", e.detail().map(str::to_string).unwrap_or_else(|| e.to_string())))
+    }
+
+    /// The rendered conversation and the byte spans of its answers.
+    pub fn render_with_spans(&self, conv: &Conversation) -> Result<(String, Vec<(usize, usize)>)> {
+        let full = self.render(conv, conv.turns.len(), false)?;
+        let mut spans = Vec::new();
+        for (k, t) in conv.turns.iter().enumerate() {
+            if t.role != Role::Assistant {
+                continue;
+            }
+            let before = self.render(conv, k, true)?;
+            let upto = self.render(conv, k + 1, false)?;
+            if !upto.starts_with(&before) || !full.starts_with(&upto) {
+                bail!("the chat template does not render conversations prefix by prefix, so response masks cannot be derived");
+            }
+            let answer = upto[before.len()..].trim_end();
+            spans.push((before.len(), before.len() + answer.len()));
+        }
+        Ok((full, spans))
+    }
+
+    /// Token ids of the rendered conversation and the per-token target mask.
+    pub fn encode(&self, conv: &Conversation, tokenizer: &TextTokenizer) -> Result<(Vec<u32>, Vec<bool>)> {
+        let (text, spans) = self.render_with_spans(conv)?;
+        let (ids, offsets) = tokenizer.encode_with_offsets(&text)?;
+        let mask = offsets.iter().map(|&(start, _)| spans.iter().any(|&(a, b)| start >= a && start < b)).collect();
+        Ok((ids, mask))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::record::Turn;
+
+    fn shared(family: &str) -> TextTokenizer {
+        let dir = crate::testing::shared_dir().join("tokenizers").join(family);
+        TextTokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json"))).unwrap()
+    }
+
+    fn conv(turns: &[(Role, &str)]) -> Conversation {
+        Conversation { turns: turns.iter().map(|(r, c)| Turn { role: *r, content: c.to_string() }).collect() }
+    }
+
+    /// The target tokens decoded back to text, answer by answer.
+    fn targets(tok: &TextTokenizer, t: &ChatTemplate, c: &Conversation) -> String {
+        let (text, _) = t.render_with_spans(c).unwrap();
+        let (_, offsets) = tok.encode_with_offsets(&text).unwrap();
+        let (_, mask) = t.encode(c, tok).unwrap();
+        offsets.iter().zip(mask).filter(|(_, m)| *m).map(|(&(a, b), _)| &text[a..b]).collect()
+    }
+
+    #[test]
+    fn gemma_matches_the_shipped_template_and_known_ids() {
+        let tok = shared("gemma");
+        let c = conv(&[(Role::User, "Hello!"), (Role::Assistant, " Hi there. ")]);
+        for name in ["gemma", "model"] {
+            let t = ChatTemplate::from_name(name, &tok).unwrap();
+            let text = t.render(&c, 2, false).unwrap();
+            assert_eq!(text, "<bos><start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\nHi there.<end_of_turn>\n");
+            // SOURCES.md: the prompt part encodes to these ids with <start_of_turn>/<end_of_turn> as single tokens.
+            let (ids, mask) = t.encode(&c, &tok).unwrap();
+            assert_eq!(&ids[..11], &[2, 106, 1645, 108, 4521, 235341, 107, 108, 106, 2516, 108]);
+            assert!(mask[..11].iter().all(|m| !m));
+            assert_eq!(targets(&tok, &t, &c), "Hi there.<end_of_turn>");
+        }
+        let sys = conv(&[(Role::System, "s"), (Role::User, "u"), (Role::Assistant, "a")]);
+        let e = ChatTemplate::from_name("gemma", &tok).unwrap().encode(&sys, &tok).unwrap_err().to_string();
+        assert!(e.contains("System role not supported"), "{e}");
+    }
+
+    #[test]
+    fn chatml_and_qwen_model_template_mask_every_answer() {
+        let tok = shared("qwen1.5");
+        let c = conv(&[(Role::User, "Hola"), (Role::Assistant, "¡Hola!"), (Role::User, "你好"), (Role::Assistant, "你好！")]);
+        let t = ChatTemplate::from_name("chatml", &tok).unwrap();
+        assert_eq!(t.render(&c, 4, false).unwrap(), "<|im_start|>user\nHola<|im_end|>\n<|im_start|>assistant\n¡Hola!<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n你好！<|im_end|>\n");
+        assert_eq!(targets(&tok, &t, &c), "¡Hola!<|im_end|>你好！<|im_end|>");
+        // Qwen1.5's own template adds its default system prompt.
+        let m = ChatTemplate::from_name("model", &tok).unwrap();
+        assert!(m.render(&c, 4, false).unwrap().starts_with("<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"));
+        assert_eq!(targets(&tok, &m, &c), "¡Hola!<|im_end|>你好！<|im_end|>");
+    }
+
+    #[test]
+    fn llama2_chat_folds_the_system_prompt() {
+        let tok = shared("llama2");
+        let c = conv(&[(Role::System, "Be brief."), (Role::User, "Hi"), (Role::Assistant, "Hello."), (Role::User, "Bye"), (Role::Assistant, "Bye.")]);
+        let t = ChatTemplate::from_name("llama2-chat", &tok).unwrap();
+        assert_eq!(t.render(&c, 5, false).unwrap(), "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Bye [/INST] Bye. </s>");
+        let (ids, _) = t.encode(&c, &tok).unwrap();
+        assert_eq!(ids[0], 1, "<s> is the BOS token, written once by the template");
+        let answers = targets(&tok, &t, &c);
+        assert_eq!(answers.split_whitespace().collect::<Vec<_>>(), ["Hello.", "</s>", "Bye.", "</s>"]);
+        let e = ChatTemplate::from_name("model", &tok).err().unwrap().to_string();
+        assert!(e.contains("has no chat_template"), "{e}");
+    }
+}

@@ -1,0 +1,296 @@
+//! From a recipe to the tokenized training and held-out sets of each condition: expand `{lang}` placeholders,
+//! read each used source once (streamed, bad records handled by policy), build every condition's mix, split off
+//! its held-out share, and tokenize with the recipe's template in parallel.
+
+use super::batch::Example;
+use super::chat::ChatTemplate;
+use super::format::{self, FieldMap, Format};
+use super::mix::{self, Compose, Condition, Entry, Size};
+use super::record::{AlpacaFields, Provenance, Record, Role};
+use super::template::Template;
+use super::{reader, tokenize_pair, TrainOn};
+use crate::recipe::{EntrySection, Recipe};
+use crate::tokenizer::TextTokenizer;
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A source after `{lang}` expansion, its path resolved against the data root.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: Format,
+    pub fields: FieldMap,
+    pub language: Option<String>,
+    pub origin: Option<String>,
+    pub engine: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Expanded {
+    pub sources: Vec<SourceSpec>,
+    pub conditions: Vec<Condition>,
+}
+
+fn substitute(text: &str, lang: &str) -> String {
+    text.replace("{lang}", lang)
+}
+
+/// Expands sources and conditions; checks names are unique and every reference resolves. `data_root` overrides
+/// the recipe's own (CLI `--data-root`).
+pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Expanded> {
+    let root = match data_root {
+        Some(r) => r.to_path_buf(),
+        None => recipe.data_root.as_ref().map(|r| recipe.resolve(r)).unwrap_or_else(|| recipe.base_dir.clone()),
+    };
+    let mut sources = Vec::new();
+    for s in &recipe.sources {
+        let format = Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
+        let langs: Vec<Option<&String>> = match &s.languages {
+            Some(l) if !s.name.contains("{lang}") => bail!("[[sources]] `{}` has languages but no {{lang}} in its name", s.name),
+            Some(l) => l.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        for lang in langs {
+            let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
+            sources.push(SourceSpec {
+                name: sub(&s.name),
+                path: root.join(sub(&s.path.to_string_lossy())),
+                format,
+                fields: s.fields.clone(),
+                language: s.language.as_deref().map(sub).or_else(|| lang.cloned()),
+                origin: s.origin.clone(),
+                engine: s.engine.clone(),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for s in &sources {
+        if !seen.insert(s.name.as_str()) {
+            bail!("[[sources]] name `{}` is used twice", s.name);
+        }
+    }
+    let conditions = if recipe.conditions.is_empty() {
+        vec![Condition {
+            name: recipe.name.clone(),
+            entries: sources.iter().map(|s| Entry { source: s.name.clone(), size: Size::All, prune: None }).collect(),
+            compose: Compose::Concat,
+            size: None,
+            match_size_of: None,
+        }]
+    } else {
+        let mut out = Vec::new();
+        for c in &recipe.conditions {
+            let compose = Compose::parse(&c.compose).with_context(|| format!("[[conditions]] `{}`", c.name))?;
+            let langs: Vec<Option<&String>> = match &c.languages {
+                Some(_) if !c.name.contains("{lang}") => bail!("[[conditions]] `{}` has languages but no {{lang}} in its name", c.name),
+                Some(l) => l.iter().map(Some).collect(),
+                None => vec![None],
+            };
+            for lang in langs {
+                let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
+                let entries = c.sources.iter().map(|e| entry(e, &sub)).collect::<Result<Vec<_>>>().with_context(|| format!("[[conditions]] `{}`", c.name))?;
+                out.push(Condition { name: sub(&c.name), entries, compose, size: c.size, match_size_of: c.match_size_of.as_deref().map(sub) });
+            }
+        }
+        out
+    };
+    let mut seen = BTreeSet::new();
+    for c in &conditions {
+        if !seen.insert(c.name.as_str()) {
+            bail!("[[conditions]] name `{}` is used twice", c.name);
+        }
+        let known = |n: &str| sources.iter().any(|s| s.name == n);
+        for n in c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref()) {
+            if !known(n) {
+                bail!("[[conditions]] `{}` names source `{n}`, which no [[sources]] defines", c.name);
+            }
+        }
+    }
+    Ok(Expanded { sources, conditions })
+}
+
+/// [`expand_with_root`] with the recipe's own data root.
+pub fn expand(recipe: &Recipe) -> Result<Expanded> {
+    expand_with_root(recipe, None)
+}
+
+fn entry(e: &EntrySection, sub: &dyn Fn(&str) -> String) -> Result<Entry> {
+    Ok(match e {
+        EntrySection::Name(n) => Entry { source: sub(n), size: Size::All, prune: None },
+        EntrySection::Sized(s) => {
+            let size = match (s.count, s.fraction, s.weight) {
+                (None, None, None) => Size::All,
+                (Some(n), None, None) => Size::Count(n),
+                (None, Some(f), None) => Size::Fraction(f),
+                (None, None, Some(w)) if w > 0.0 => Size::Weight(w),
+                (None, None, Some(_)) => bail!("source `{}`: weight must be positive", s.source),
+                _ => bail!("source `{}`: give at most one of count, fraction, weight", s.source),
+            };
+            Entry { source: sub(&s.source), size, prune: s.prune }
+        }
+    })
+}
+
+/// Bad records skipped under `on_bad_record = "skip"`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BadRecords {
+    pub count: usize,
+    /// The first few, with where and what.
+    pub first: Vec<String>,
+}
+
+impl BadRecords {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        if self.first.len() < 5 {
+            self.first.push(what);
+        }
+    }
+}
+
+/// Reads one source. With `skip`, records that fail to parse are counted in `bad` instead of stopping.
+pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for item in reader::open(&spec.path).with_context(|| format!("[[sources]] `{}`", spec.name))? {
+        let parsed = item.and_then(|raw| {
+            let p = format::parse(spec.format, &spec.fields, &raw.value).map_err(|e| anyhow::anyhow!("{}: {e}", raw.location))?;
+            Ok((raw.location, p))
+        });
+        let (location, p) = match parsed {
+            Ok(x) => x,
+            Err(e) if skip => {
+                bad.add(format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("[[sources]] `{}` (set on_bad_record = \"skip\" to skip bad records)", spec.name))),
+        };
+        out.push(Record {
+            conversation: p.conversation,
+            alpaca: p.alpaca.map(|(instruction, input)| AlpacaFields { instruction, input }),
+            provenance: Provenance {
+                source: spec.name.clone(),
+                language: spec.language.clone().or(p.language),
+                origin: spec.origin.clone(),
+                engine: spec.engine.clone(),
+                source_id: p.id,
+            },
+            location,
+        });
+    }
+    if out.is_empty() {
+        bail!("[[sources]] `{}`: {} has no usable records", spec.name, spec.path.display());
+    }
+    Ok(out)
+}
+
+/// How records become token sequences.
+pub enum PromptTemplate {
+    Alpaca,
+    Chat(Box<ChatTemplate>),
+}
+
+impl PromptTemplate {
+    pub fn from_name(name: &str, tokenizer: &TextTokenizer) -> Result<Self> {
+        match name {
+            "alpaca" => Ok(PromptTemplate::Alpaca),
+            other => Ok(PromptTemplate::Chat(Box::new(ChatTemplate::from_name(other, tokenizer)?))),
+        }
+    }
+}
+
+pub struct Encoder<'a> {
+    pub tokenizer: &'a TextTokenizer,
+    pub template: PromptTemplate,
+    pub eos_id: u32,
+    pub vocab_size: usize,
+    pub max_seq_len: usize,
+    pub train_on: TrainOn,
+}
+
+impl Encoder<'_> {
+    pub fn encode(&self, r: &Record) -> Result<Example> {
+        let example = match &self.template {
+            PromptTemplate::Alpaca => {
+                let output = r.conversation.turns.last().map_or("", |t| t.content.as_str());
+                let (prompt, response) = Template::Alpaca.render(&alpaca_fields(r)?, output);
+                tokenize_pair(self.tokenizer, &prompt, &response, self.eos_id, self.max_seq_len, self.train_on)?
+            }
+            PromptTemplate::Chat(t) => {
+                let (mut ids, mut is_target) = t.encode(&r.conversation, self.tokenizer)?;
+                if self.train_on == TrainOn::All {
+                    is_target.iter_mut().for_each(|x| *x = true);
+                }
+                let truncated = ids.len() > self.max_seq_len;
+                ids.truncate(self.max_seq_len);
+                is_target.truncate(self.max_seq_len);
+                Example { ids, is_target, truncated }
+            }
+        };
+        if let Some(&bad) = example.ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary ({} entries); is tokenizer.json from this checkpoint?", self.vocab_size);
+        }
+        Ok(example)
+    }
+
+    /// Tokenizes in parallel on all cores; errors name the record.
+    pub fn encode_all(&self, records: &[Record]) -> Result<Vec<Example>> {
+        records.par_iter().map(|r| self.encode(r).with_context(|| r.location.to_string())).collect()
+    }
+}
+
+/// A single-turn record's instruction and input, for the alpaca template.
+fn alpaca_fields(r: &Record) -> Result<AlpacaFields> {
+    if let Some(f) = &r.alpaca {
+        return Ok(f.clone());
+    }
+    match r.conversation.turns.as_slice() {
+        [u, a] if u.role == Role::User && a.role == Role::Assistant => Ok(AlpacaFields { instruction: u.content.clone(), input: String::new() }),
+        turns => bail!("the alpaca template renders single-turn records; this one has {} turns (use a chat template)", turns.len()),
+    }
+}
+
+/// One condition, ready to train on.
+pub struct ConditionData {
+    pub name: String,
+    pub train: Vec<Example>,
+    pub heldout: Vec<Example>,
+    /// Training examples per language ("" = unlabelled).
+    pub languages: BTreeMap<String, usize>,
+}
+
+impl ConditionData {
+    pub fn truncated(&self) -> usize {
+        self.train.iter().chain(&self.heldout).filter(|e| e.truncated).count()
+    }
+}
+
+/// Reads every used source once and builds each condition's train and held-out sets.
+pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords)> {
+    let used: BTreeSet<&str> = expanded.conditions.iter().flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref())).collect();
+    let skip = recipe.on_bad_record == "skip";
+    let mut bad = BadRecords::default();
+    let mut records: HashMap<String, Vec<Record>> = HashMap::new();
+    for spec in expanded.sources.iter().filter(|s| used.contains(s.name.as_str())) {
+        records.insert(spec.name.clone(), read_source(spec, skip, &mut bad)?);
+    }
+    let mut out = Vec::new();
+    for cond in &expanded.conditions {
+        let mix = mix::build(cond, &records, recipe.seed)?;
+        let (train, heldout) = mix::split_heldout(mix, recipe.eval.heldout_fraction, recipe.seed, &cond.name, cond.compose != Compose::Concat)?;
+        let mut languages = BTreeMap::new();
+        for r in &train {
+            *languages.entry(r.provenance.language.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+        out.push(ConditionData {
+            name: cond.name.clone(),
+            train: encoder.encode_all(&train).with_context(|| format!("condition `{}`", cond.name))?,
+            heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{}`", cond.name))?,
+            languages,
+        });
+    }
+    Ok((out, bad))
+}

@@ -1,0 +1,347 @@
+//! Streaming readers: a JSON array (element by element), JSONL (optionally gzip'd) and parquet (row by row).
+//! Memory stays bounded by one record, whatever the file size. Every error names the file and line (or row).
+
+use super::record::Location;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+pub struct RawRecord {
+    pub value: Value,
+    pub location: Location,
+}
+
+pub type Records = Box<dyn Iterator<Item = Result<RawRecord>>>;
+
+/// Opens `path` by its name: `.json` (array), `.jsonl` / `.jsonl.gz` / `.json.gz` (one object per line),
+/// `.parquet`. An empty file or array is an error.
+pub fn open(path: &Path) -> Result<Records> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let file = || File::open(path).with_context(|| format!("cannot open data file {}", path.display()));
+    let records: Records = if name.ends_with(".jsonl.gz") || name.ends_with(".json.gz") {
+        Box::new(JsonLines::new(path, Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file()?)))))
+    } else if name.ends_with(".jsonl") {
+        Box::new(JsonLines::new(path, Box::new(BufReader::new(file()?))))
+    } else if name.ends_with(".json") {
+        Box::new(JsonArray::new(path, BufReader::new(file()?)))
+    } else if name.ends_with(".parquet") {
+        parquet_rows(path, file()?)?
+    } else {
+        bail!("{}: unknown data file type (supported: .json, .jsonl, .jsonl.gz, .json.gz, .parquet)", path.display());
+    };
+    Ok(Box::new(NonEmpty { inner: records, seen: false, path: path.to_path_buf() }))
+}
+
+/// Turns "no records at all" into an error instead of an empty stream.
+struct NonEmpty {
+    inner: Records,
+    seen: bool,
+    path: PathBuf,
+}
+
+impl Iterator for NonEmpty {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.inner.next() {
+            Some(x) => {
+                self.seen = true;
+                Some(x)
+            }
+            None if !self.seen => {
+                self.seen = true;
+                Some(Err(anyhow!("{} has no records", self.path.display())))
+            }
+            None => None,
+        }
+    }
+}
+
+fn location(path: &Path, line: Option<u64>, row: Option<u64>) -> Location {
+    Location { file: path.to_path_buf(), line, row }
+}
+
+fn object(value: Value, loc: &Location) -> Result<Value> {
+    match value {
+        Value::Object(_) => Ok(value),
+        other => bail!("{loc}: expected a JSON object, found {}", kind(&other)),
+    }
+}
+
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+struct JsonLines {
+    path: PathBuf,
+    input: Box<dyn BufRead>,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl JsonLines {
+    fn new(path: &Path, input: Box<dyn BufRead>) -> Self {
+        Self { path: path.to_path_buf(), input, line: 0, buf: Vec::new() }
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            let loc = location(&self.path, Some(self.line), None);
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(anyhow!("{loc}: {e}"))),
+            }
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t,
+                Err(_) => return Some(Err(anyhow!("{loc}: invalid UTF-8"))),
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            let parsed = serde_json::from_str::<Value>(text).map_err(|e| anyhow!("{loc}: invalid JSON: {e}")).and_then(|v| object(v, &loc));
+            return Some(parsed.map(|value| RawRecord { value, location: loc }));
+        }
+    }
+}
+
+/// Scans a top-level JSON array and hands out one element at a time: it tracks strings, escapes and nesting
+/// depth only, and leaves parsing each element to serde_json.
+struct JsonArray<R: Read> {
+    path: PathBuf,
+    bytes: std::iter::Peekable<std::io::Bytes<R>>,
+    line: u64,
+    started: bool,
+    done: bool,
+}
+
+impl<R: Read> JsonArray<R> {
+    // `input` is always a BufReader, so byte-wise reads are cheap.
+    #[allow(clippy::unbuffered_bytes)]
+    fn new(path: &Path, input: R) -> Self {
+        Self { path: path.to_path_buf(), bytes: input.bytes().peekable(), line: 1, started: false, done: false }
+    }
+
+    fn byte(&mut self) -> Result<Option<u8>> {
+        match self.bytes.next() {
+            None => Ok(None),
+            Some(Ok(b)) => {
+                if b == b'\n' {
+                    self.line += 1;
+                }
+                Ok(Some(b))
+            }
+            Some(Err(e)) => bail!("{}:{}: {e}", self.path.display(), self.line),
+        }
+    }
+
+    fn skip_ws(&mut self) -> Result<Option<u8>> {
+        while let Some(b) = self.byte()? {
+            if !b.is_ascii_whitespace() {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    fn element(&mut self) -> Result<Option<RawRecord>> {
+        if !self.started {
+            self.started = true;
+            match self.skip_ws()? {
+                Some(b'[') => {}
+                Some(_) => bail!("{}:{}: expected a JSON array of records", self.path.display(), self.line),
+                None => return Ok(None),
+            }
+        }
+        let mut first = self.skip_ws()?;
+        if first == Some(b',') {
+            first = self.skip_ws()?;
+        }
+        let start_line = self.line;
+        let loc = location(&self.path, Some(start_line), None);
+        let Some(first) = first else { bail!("{loc}: the array is not closed") };
+        if first == b']' {
+            return Ok(None);
+        }
+        let mut text = vec![first];
+        let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+        let mut b = first;
+        loop {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+            } else {
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => depth -= 1,
+                    _ => {}
+                }
+            }
+            // A scalar element ends before the next ',' or ']' at depth 0; a container when its depth returns to 0.
+            let next_is_end = !in_string && depth == 0 && matches!(self.bytes.peek(), Some(Ok(b',' | b']')) | None);
+            if (depth == 0 && !in_string && matches!(b, b'}' | b']')) || next_is_end {
+                break;
+            }
+            match self.byte()? {
+                Some(n) => {
+                    b = n;
+                    text.push(n);
+                }
+                None => bail!("{loc}: the array is not closed"),
+            }
+        }
+        let text = std::str::from_utf8(&text).map_err(|_| anyhow!("{loc}: invalid UTF-8"))?;
+        let value: Value = serde_json::from_str(text.trim()).map_err(|e| anyhow!("{loc}: invalid JSON: {e}"))?;
+        Ok(Some(RawRecord { value: object(value, &loc)?, location: loc }))
+    }
+}
+
+impl<R: Read> Iterator for JsonArray<R> {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.element() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            // After a syntax error the rest of the array cannot be trusted: stop.
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn parquet_rows(path: &Path, file: File) -> Result<Records> {
+    use parquet::file::reader::SerializedFileReader;
+    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    let path = path.to_path_buf();
+    let rows = reader.into_iter().enumerate().map(move |(i, row)| {
+        let loc = location(&path, None, Some(i as u64));
+        let row = row.map_err(|e| anyhow!("{loc}: {e}"))?;
+        Ok(RawRecord { value: object(row.to_json_value(), &loc)?, location: loc })
+    });
+    Ok(Box::new(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn all(path: &Path) -> Vec<Result<RawRecord>> {
+        open(path).unwrap().collect()
+    }
+
+    #[test]
+    fn json_array_is_streamed_with_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[\n  {\"a\": \"x ] [ { \\\" }\"},\n  {\n    \"b\": [1, {\"c\": \"}\"}]\n  }\n,{\"d\": \"é\"}]\n";
+        let recs: Vec<RawRecord> = all(&write(&dir, "d.json", text.as_bytes())).into_iter().map(Result::unwrap).collect();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[0].value["a"], "x ] [ { \" }");
+        assert_eq!(recs[1].value["b"][1]["c"], "}");
+        assert_eq!(recs.iter().map(|r| r.location.line.unwrap()).collect::<Vec<_>>(), [2, 3, 6]);
+    }
+
+    #[test]
+    fn json_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = |name: &str, bytes: &[u8]| -> String {
+            let r = all(&write(&dir, name, bytes));
+            format!("{:#}", r.into_iter().find_map(Result::err).expect("an error"))
+        };
+        assert!(e("a.json", b"[{\"a\": 1},\n{\"a\": }]").contains("a.json:2: invalid JSON"));
+        assert!(e("b.json", b"{\"a\": 1}").contains("expected a JSON array"));
+        assert!(e("c.json", b"[1]").contains("expected a JSON object, found a number"));
+        assert!(e("d.json", b"[]").contains("has no records"));
+        assert!(e("e.json", b"").contains("has no records"));
+        assert!(e("f.json", b"[{\"a\": \"\xff\"}]").contains("invalid UTF-8"));
+        assert!(e("g.json", b"[{\"a\": 1}").contains("not closed"));
+        assert!(format!("{:#}", open(&dir.path().join("x.csv")).err().unwrap()).contains("unknown data file type"));
+        assert!(format!("{:#}", open(&dir.path().join("missing.json")).err().unwrap()).contains("missing.json"));
+    }
+
+    #[test]
+    fn jsonl_goes_on_after_a_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = all(&write(&dir, "d.jsonl", b"{\"a\": 1}\n\n{oops\n{\"a\": 3}\n"));
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[0].as_ref().unwrap().location.line, Some(1));
+        assert!(format!("{}", recs[1].as_ref().err().unwrap()).contains("d.jsonl:3: invalid JSON"));
+        assert_eq!(recs[2].as_ref().unwrap().value["a"], 3);
+        assert_eq!(recs[2].as_ref().unwrap().location.line, Some(4));
+    }
+
+    #[test]
+    fn gzipped_jsonl_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"{\"a\": \"x\"}\n{\"a\": \"y\"}\n").unwrap();
+        let recs = all(&write(&dir, "d.jsonl.gz", &gz.finish().unwrap()));
+        assert_eq!(recs.iter().map(|r| r.as_ref().unwrap().value["a"].clone()).collect::<Vec<_>>(), ["x", "y"]);
+    }
+
+    #[test]
+    fn parquet_rows_become_objects() {
+        use parquet::data_type::{ByteArray, ByteArrayType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aya.parquet");
+        let schema = parse_message_type("message aya { REQUIRED BYTE_ARRAY inputs (UTF8); REQUIRED BYTE_ARRAY targets (UTF8); }").unwrap();
+        let mut w = SerializedFileWriter::new(File::create(&path).unwrap(), schema.into(), WriterProperties::builder().build().into()).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        for col in [["¿Qué?", "Hola"], ["Algo", "Adiós"]] {
+            let mut c = rg.next_column().unwrap().unwrap();
+            let values: Vec<ByteArray> = col.iter().map(|s| ByteArray::from(*s)).collect();
+            c.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+            c.close().unwrap();
+        }
+        rg.close().unwrap();
+        w.close().unwrap();
+        let recs: Vec<RawRecord> = all(&path).into_iter().map(Result::unwrap).collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].value["inputs"], "Hola");
+        assert_eq!(recs[1].value["targets"], "Adiós");
+        assert_eq!(recs[1].location.row, Some(1));
+    }
+
+    #[test]
+    fn released_russian_native_file_streams_whole() {
+        let dir = crate::testing::shared_dir().join("data/good-data-or-bad-eval/aya_native/aya_native_data_processed.ru.json");
+        let n = open(&dir).unwrap().inspect(|r| assert!(r.is_ok())).count();
+        assert_eq!(n, 423);
+    }
+}
