@@ -327,3 +327,33 @@ fn run_trains_each_condition_and_reports_heldout_loss() {
         assert!(dir.path().join(run).join("adapter/adapter_model.safetensors").is_file());
     }
 }
+
+#[test]
+fn bad_records_stop_the_run_by_default_and_are_counted_when_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("d.jsonl"),
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \"\"}\n{\"instruction\": \"e\", \"output\": 5}\n{\"instruction\": \"f\", \"output\": \"g\"}\n",
+    )
+    .unwrap();
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/tiny-llama");
+    let recipe = |policy: &str| {
+        let p = dir.path().join(format!("{policy}.toml"));
+        std::fs::write(
+            &p,
+            format!("name = \"b\"\noutput_dir = \"o\"\non_bad_record = \"{policy}\"\n[model]\npath = \"{}\"\n[train]\nlr = [1e-4]\nmax_steps = 1\n[[sources]]\nname = \"d\"\npath = \"d.jsonl\"\n", tiny.display()),
+        )
+        .unwrap();
+        p
+    };
+    let o = trainer(&["plan", recipe("error").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("d.jsonl:2") && e.contains("field `output`: empty response") && e.contains("on_bad_record"), "{e}");
+    let o = trainer(&["plan", recipe("skip").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["runs"][0]["train_examples"], 2);
+    assert_eq!(v["bad_records"]["count"], 2);
+    assert!(v["bad_records"]["first"][1].as_str().unwrap().contains("d.jsonl:3: field `output`: must be a string, found a number"));
+}
