@@ -26,14 +26,37 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// Legacy SentencePiece conversions (Llama-2's tokenizer.json) prepend "▁" with a normalizer and match their
+/// special tokens on normalized text, so "</s><s>" does not split into two specials and the space before "</s>"
+/// is swallowed. transformers 5 loads such files as Metaspace(prepend_scheme = "first") with non-normalized
+/// special tokens; do the same, so that ids match transformers.
+fn modernize_sentencepiece(json: &mut Value) {
+    let prepends = json["normalizer"]["type"] == "Sequence"
+        && json["normalizer"]["normalizers"].as_array().is_some_and(|n| {
+            n.len() == 2 && n[0]["type"] == "Prepend" && n[0]["prepend"] == "▁" && n[1]["type"] == "Replace" && n[1]["content"] == "▁"
+        });
+    if !prepends || !json["pre_tokenizer"].is_null() {
+        return;
+    }
+    json["normalizer"] = Value::Null;
+    json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false});
+    if let Some(tokens) = json["added_tokens"].as_array_mut() {
+        for t in tokens.iter_mut().filter(|t| t["special"] == true) {
+            t["normalized"] = Value::Bool(false);
+        }
+    }
+}
+
 impl TextTokenizer {
     pub fn load(files: &ModelFiles) -> Result<Self> {
         Self::from_files(&files.tokenizer, files.tokenizer_config.as_deref())
     }
 
     pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(tokenizer_json)
-            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
+        let text = std::fs::read_to_string(tokenizer_json).with_context(|| format!("cannot read tokenizer {}", tokenizer_json.display()))?;
+        let mut json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", tokenizer_json.display()))?;
+        modernize_sentencepiece(&mut json);
+        let mut inner: Tokenizer = serde_json::from_value(json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
         let (mut bos_token, mut eos_token, mut chat_template) = (None, None, None);
         if let Some(path) = tokenizer_config {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

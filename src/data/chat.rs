@@ -112,7 +112,16 @@ mod tests {
         let (text, _) = t.render_with_spans(c).unwrap();
         let (_, offsets) = tok.encode_with_offsets(&text).unwrap();
         let (_, mask) = t.encode(c, tok).unwrap();
-        offsets.iter().zip(mask).filter(|(_, m)| *m).map(|(&(a, b), _)| &text[a..b]).collect()
+        // Byte-fallback tokens of one character share its offsets: take each byte range once.
+        let mut out = String::new();
+        let mut end = 0;
+        for (&(a, b), m) in offsets.iter().zip(mask) {
+            if m && b > end {
+                out.push_str(&text[a.max(end)..b]);
+            }
+            end = end.max(b);
+        }
+        out
     }
 
     #[test]
@@ -159,5 +168,48 @@ mod tests {
         assert_eq!(answers.split_whitespace().collect::<Vec<_>>(), ["Hello.", "</s>", "Bye.", "</s>"]);
         let e = ChatTemplate::from_name("model", &tok).err().unwrap().to_string();
         assert!(e.contains("has no chat_template"), "{e}");
+    }
+
+    /// Rendered text and ids against transformers' `apply_chat_template` (tests/fixtures/chat/expected.json, made
+    /// by gen_chat_fixtures.py); and every answer, exactly as the conversation holds it (modulo the template's
+    /// trimming), sits inside the target tokens.
+    #[test]
+    fn renders_and_ids_match_transformers() {
+        let path = crate::testing::fixtures_dir().join("chat/expected.json");
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = expected["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 13);
+        for case in cases {
+            let what = format!("{} {} {}", case["tokenizer"], case["template"], case["conversation"]);
+            let tok = shared(case["tokenizer"].as_str().unwrap());
+            let t = ChatTemplate::from_name(case["template"].as_str().unwrap(), &tok).unwrap();
+            let turns: Vec<(Role, String)> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let role = match m["role"].as_str().unwrap() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        _ => Role::Assistant,
+                    };
+                    (role, m["content"].as_str().unwrap().to_string())
+                })
+                .collect();
+            let c = Conversation { turns: turns.iter().map(|(r, x)| Turn { role: *r, content: x.clone() }).collect() };
+            assert_eq!(t.render(&c, c.turns.len(), false).unwrap(), case["text"].as_str().unwrap(), "{what}");
+            let (ids, mask) = t.encode(&c, &tok).unwrap();
+            let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(ids, want, "{what}");
+            let answers = targets(&tok, &t, &c);
+            for (r, x) in &turns {
+                if *r == Role::Assistant {
+                    assert!(answers.contains(x.trim()), "{what}: answer {x:?} not in targets {answers:?}");
+                } else {
+                    assert!(!answers.contains(x.trim()), "{what}: {x:?} must not be a target");
+                }
+            }
+            assert!(mask.iter().any(|&m| m) && !mask[0], "{what}");
+        }
     }
 }
