@@ -31,11 +31,7 @@ fn main() -> anyhow::Result<()> {
     let mut adapter = Adapter::init(spec, &model.cfg, 0, &model.device)?;
     // Every token is a target, as in the torch script.
     let examples: Vec<Example> = (0..batch)
-        .map(|i| Example {
-            ids: (0..seq).map(|t| ((t * 31 + i * 7) % 317 + 3) as u32).collect(),
-            is_target: vec![true; seq],
-            truncated: false,
-        })
+        .map(|i| Example::new((0..seq).map(|t| ((t * 31 + i * 7) % 317 + 3) as u32).collect(), vec![true; seq], false))
         .collect();
     let plan = TrainPlan {
         lr: 1e-4,

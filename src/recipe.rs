@@ -149,6 +149,10 @@ pub struct TrainSection {
     pub shuffle: bool,
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Pack several examples into each sequence of up to max_seq_len tokens (attention and positions restart
+    /// at every example). batch_size then counts packed sequences.
+    #[serde(default)]
+    pub packing: bool,
     /// dtype of the exported adapter tensors: "f32" (default) or the training dtype ("bf16").
     #[serde(default = "f32_name")]
     pub save_dtype: String,

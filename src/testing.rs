@@ -85,7 +85,7 @@ pub fn random_examples(n: usize, vocab: u32, seed: u64) -> Vec<Example> {
         .map(|_| {
             let len = rng.random_range(5..12);
             let prompt = rng.random_range(1..len - 2);
-            Example { ids: (0..len).map(|_| rng.random_range(0..vocab)).collect(), is_target: (0..len).map(|i| i >= prompt).collect(), truncated: false }
+            Example::new((0..len).map(|_| rng.random_range(0..vocab)).collect(), (0..len).map(|i| i >= prompt).collect(), false)
         })
         .collect()
 }

@@ -181,12 +181,23 @@ pub struct PlannedRun {
     pub train_target_tokens: usize,
     pub heldout_target_tokens: usize,
     pub truncated_examples: usize,
+    /// Sequences per epoch: the training examples, or fewer with packing.
+    pub train_sequences: usize,
     /// Training examples per language.
     pub languages: std::collections::BTreeMap<String, usize>,
 }
 
 fn run_name(condition: &str, lr: f64) -> String {
     format!("{condition}-lr{}", lr_label(lr))
+}
+
+/// What training iterates over: the examples, or them packed into sequences.
+fn sequences(recipe: &Recipe, examples: &[Example]) -> Vec<Example> {
+    if recipe.train.packing {
+        crate::data::batch::pack(examples, recipe.train.max_seq_len)
+    } else {
+        examples.to_vec()
+    }
 }
 
 fn tokens(examples: &[Example]) -> usize {
@@ -208,6 +219,7 @@ fn plan_runs(recipe: &Recipe, conditions: &[ConditionData]) -> Vec<PlannedRun> {
                 train_target_tokens: tokens(&c.train),
                 heldout_target_tokens: tokens(&c.heldout),
                 truncated_examples: c.truncated(),
+                train_sequences: sequences(recipe, &c.train).len(),
                 languages: c.languages.clone(),
             });
         }
@@ -258,7 +270,8 @@ pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>, data_root: Op
     let planned = plan_runs(&recipe, &conditions);
     let mut summaries = Vec::new();
     for (cond, runs) in conditions.iter().zip(planned.chunks(recipe.lrs().len())) {
-        let steps_per_epoch = cond.train.len().div_ceil(t.batch_size);
+        let train_seqs = sequences(&recipe, &cond.train);
+        let steps_per_epoch = train_seqs.len().div_ceil(t.batch_size);
         let total_steps = t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
         eprintln!(
             "condition {}: {} training examples, {} held out, {} truncated at {} tokens; model {} ({}, {} layers) on {:?}/{:?}; {} steps per run",
@@ -299,7 +312,7 @@ pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>, data_root: Op
             let bar = indicatif::ProgressBar::new(total_steps as u64).with_message(p.run.clone());
             bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} loss {prefix}").expect("valid template"));
             let mut last_loss = f64::NAN;
-            train(&session.model, &mut adapter, &cond.train, &plan, session.text.pad_id, |m| {
+            train(&session.model, &mut adapter, &train_seqs, &plan, session.text.pad_id, |m| {
                 serde_json::to_writer(&mut metrics, m)?;
                 metrics.write_all(b"\n")?;
                 metrics.flush()?;

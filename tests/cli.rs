@@ -299,6 +299,9 @@ fn plan_expands_languages_mixes_and_heldout_splits() {
         let r = run_of(&p, &format!("{lang}-native"));
         assert_eq!((r["train_examples"].as_u64(), r["heldout_examples"].as_u64()), (Some(36), Some(4)), "{lang}");
         assert_eq!(r["languages"][lang], 36);
+        // packing = true: several examples per 512-token sequence.
+        let seqs = r["train_sequences"].as_u64().unwrap();
+        assert!(seqs > 0 && seqs < 36, "{lang}: {seqs} packed sequences");
     }
     let half = run_of(&p, "es-translated-half");
     assert_eq!((half["train_examples"].as_u64(), half["heldout_examples"].as_u64()), (Some(18), Some(2)));

@@ -118,3 +118,15 @@ fn frozen_weights_are_never_differentiated() {
     let per_layer = 7 + 7 + targets.len() * (2 + 4) + 2 + 5;
     assert_eq!(log.len(), layers * per_layer + 2, "{log:#?}");
 }
+
+#[test]
+fn packed_examples_do_not_see_each_other() {
+    let model = random_model(llama_config(), 5);
+    let adapter = random_adapter(&model, &ALL_TARGETS, 2, 9);
+    let examples = random_examples(5, 40, 13);
+    let alone: f64 = examples.iter().map(|e| model.loss_sum(&batch(std::slice::from_ref(e)), Some(&adapter)).unwrap()).sum();
+    let packed = trainer::data::batch::pack(&examples, 24);
+    assert!(packed.len() < examples.len(), "something was packed");
+    let together = model.loss_sum(&batch(&packed), Some(&adapter)).unwrap();
+    assert!((together - alone).abs() < 1e-4 * alone, "packed {together} vs one by one {alone}");
+}

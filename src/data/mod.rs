@@ -45,7 +45,7 @@ pub fn tokenize_pair(tok: &TextTokenizer, prompt: &str, response: &str, eos: u32
     let truncated = ids.len() > max_seq_len;
     ids.truncate(max_seq_len);
     is_target.truncate(max_seq_len);
-    Ok(Example { ids, is_target, truncated })
+    Ok(Example::new(ids, is_target, truncated))
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ impl Encoder<'_> {
                 let truncated = ids.len() > self.max_seq_len;
                 ids.truncate(self.max_seq_len);
                 is_target.truncate(self.max_seq_len);
-                Example { ids, is_target, truncated }
+                Example::new(ids, is_target, truncated)
             }
         };
         if let Some(&bad) = example.ids.iter().find(|&&id| id as usize >= self.vocab_size) {
@@ -238,7 +238,9 @@ impl Encoder<'_> {
 
     /// Tokenizes in parallel on all cores; errors name the record.
     pub fn encode_all(&self, records: &[Record]) -> Result<Vec<Example>> {
-        records.par_iter().map(|r| self.encode(r).with_context(|| r.location.to_string())).collect()
+        // Collect every result first, so the error reported is always the first bad record in file order.
+        let results: Vec<Result<Example>> = records.par_iter().map(|r| self.encode(r).with_context(|| r.location.to_string())).collect();
+        results.into_iter().collect()
     }
 }
 
