@@ -340,6 +340,16 @@ path = "en.json"
     }
 
     #[test]
+    fn conditions_must_name_defined_sources_and_placeholders() {
+        let e = format!("{:#}", load(&OK.replace("path = \"en.json\"", "path = \"en.json\"\nlanguages = [\"es\"]")).unwrap_err());
+        assert!(e.contains("`en` has languages but no {lang}"), "{e}");
+        let e = format!("{:#}", load(&format!("{OK}[[conditions]]\nname = \"c\"\nsources = [\"fr\"]\n")).unwrap_err());
+        assert!(e.contains("names source `fr`"), "{e}");
+        let e = format!("{:#}", load(&format!("{OK}[[conditions]]\nname = \"c\"\nsources = [{{ source = \"en\", count = 3, fraction = 0.5 }}]\n")).unwrap_err());
+        assert!(e.contains("at most one of count, fraction, weight"), "{e}");
+    }
+
+    #[test]
     fn inconsistent_batching_is_refused() {
         let e = format!("{:#}", load(&OK.replace("max_steps = 3", "max_steps = 3\nbatch_size = 8\nmicro_batch_size = 3")).unwrap_err());
         assert!(e.contains("multiple of micro_batch_size"), "{e}");

@@ -35,6 +35,15 @@ pub struct Expanded {
     pub conditions: Vec<Condition>,
 }
 
+/// The languages a `{lang}` source or condition expands to; `[None]` when it does not expand.
+fn language_variants<'a>(section: &str, name: &str, languages: &'a Option<Vec<String>>) -> Result<Vec<Option<&'a String>>> {
+    match languages {
+        Some(_) if !name.contains("{lang}") => bail!("{section} `{name}` has languages but no {{lang}} in its name"),
+        Some(l) => Ok(l.iter().map(Some).collect()),
+        None => Ok(vec![None]),
+    }
+}
+
 fn substitute(text: &str, lang: &str) -> String {
     text.replace("{lang}", lang)
 }
@@ -49,12 +58,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
     let mut sources = Vec::new();
     for s in &recipe.sources {
         let format = Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
-        let langs: Vec<Option<&String>> = match &s.languages {
-            Some(l) if !s.name.contains("{lang}") => bail!("[[sources]] `{}` has languages but no {{lang}} in its name", s.name),
-            Some(l) => l.iter().map(Some).collect(),
-            None => vec![None],
-        };
-        for lang in langs {
+        for lang in language_variants("[[sources]]", &s.name, &s.languages)? {
             let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
             sources.push(SourceSpec {
                 name: sub(&s.name),
@@ -85,12 +89,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
         let mut out = Vec::new();
         for c in &recipe.conditions {
             let compose = Compose::parse(&c.compose).with_context(|| format!("[[conditions]] `{}`", c.name))?;
-            let langs: Vec<Option<&String>> = match &c.languages {
-                Some(_) if !c.name.contains("{lang}") => bail!("[[conditions]] `{}` has languages but no {{lang}} in its name", c.name),
-                Some(l) => l.iter().map(Some).collect(),
-                None => vec![None],
-            };
-            for lang in langs {
+            for lang in language_variants("[[conditions]]", &c.name, &c.languages)? {
                 let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
                 let entries = c.sources.iter().map(|e| entry(e, &sub)).collect::<Result<Vec<_>>>().with_context(|| format!("[[conditions]] `{}`", c.name))?;
                 out.push(Condition { name: sub(&c.name), entries, compose, size: c.size, match_size_of: c.match_size_of.as_deref().map(sub) });
