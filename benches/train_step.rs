@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
         dropout: 0.05,
         recompute,
+        group_by_length: false,
     };
     let mut times = Vec::new();
     let mut last = Instant::now();

@@ -153,6 +153,9 @@ pub struct TrainSection {
     /// at every example). batch_size then counts packed sequences.
     #[serde(default)]
     pub packing: bool,
+    /// Batch sequences of similar length together (less padding).
+    #[serde(default)]
+    pub group_by_length: bool,
     /// dtype of the exported adapter tensors: "f32" (default) or the training dtype ("bf16").
     #[serde(default = "f32_name")]
     pub save_dtype: String,

@@ -60,17 +60,26 @@ pub struct TrainPlan {
     pub seed: u64,
     pub dropout: f64,
     pub recompute: bool,
+    /// Batch sequences of similar length together (less padding), as transformers' group_by_length does.
+    pub group_by_length: bool,
 }
 
 /// Optimizer batches of example indices: epoch after epoch, each epoch shuffled with its own seeded stream when
-/// asked; an epoch's last batch may be short (batches never straddle epochs).
-pub fn batch_order(n: usize, batch_size: usize, total_steps: usize, shuffle: bool, seed: u64) -> Vec<Vec<usize>> {
+/// asked; an epoch's last batch may be short (batches never straddle epochs). With `lengths`, each run of 50
+/// batches of the epoch's order is sorted by length (longest first), so a batch holds similar lengths while
+/// the epoch stays shuffled at the scale of those runs.
+pub fn batch_order(n: usize, batch_size: usize, total_steps: usize, shuffle: bool, seed: u64, lengths: Option<&[usize]>) -> Vec<Vec<usize>> {
     let mut out = Vec::with_capacity(total_steps);
     let mut epoch = 0u64;
     while out.len() < total_steps {
         let mut idx: Vec<usize> = (0..n).collect();
         if shuffle {
             idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
+        if let Some(len) = lengths {
+            for run in idx.chunks_mut(50 * batch_size) {
+                run.sort_by_key(|&i| std::cmp::Reverse(len[i]));
+            }
         }
         for chunk in idx.chunks(batch_size) {
             if out.len() == total_steps {
@@ -89,7 +98,8 @@ pub fn train(model: &Model, adapter: &mut Adapter, examples: &[Example], plan: &
         bail!("no training examples");
     }
     let mut opt = AdamW::new(plan.adamw, &adapter.tensors())?;
-    let order = batch_order(examples.len(), plan.batch_size, plan.total_steps, plan.shuffle, plan.seed);
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    let order = batch_order(examples.len(), plan.batch_size, plan.total_steps, plan.shuffle, plan.seed, plan.group_by_length.then_some(&lengths[..]));
     for (step, batch_idx) in order.iter().enumerate() {
         let started = Instant::now();
         let tokens: usize = batch_idx.iter().map(|&i| examples[i].target_tokens()).sum();
@@ -304,6 +314,7 @@ pub fn run_recipe(recipe_path: &Path, output_dir: Option<PathBuf>, data_root: Op
                 seed: recipe.seed,
                 dropout: adapter.spec.dropout,
                 recompute: t.gradient_checkpointing,
+                group_by_length: t.group_by_length,
             };
             let started = Instant::now();
             let metrics_path = run_dir.join("metrics.jsonl");
@@ -360,14 +371,27 @@ mod tests {
 
     #[test]
     fn batches_cover_each_epoch_once_and_are_seeded() {
-        let a = batch_order(10, 4, 6, true, 7);
+        let a = batch_order(10, 4, 6, true, 7, None);
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2, 4, 4, 2]);
         let mut first: Vec<usize> = a[..3].concat();
         first.sort();
         assert_eq!(first, (0..10).collect::<Vec<_>>());
-        assert_eq!(a, batch_order(10, 4, 6, true, 7));
-        assert_ne!(a, batch_order(10, 4, 6, true, 8));
-        assert_eq!(batch_order(5, 2, 2, false, 0), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(a, batch_order(10, 4, 6, true, 7, None));
+        assert_ne!(a, batch_order(10, 4, 6, true, 8, None));
+        assert_eq!(batch_order(5, 2, 2, false, 0, None), vec![vec![0, 1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn length_grouping_batches_similar_lengths() {
+        let lengths: Vec<usize> = (0..40).map(|i| (i * 37) % 101).collect();
+        let grouped = batch_order(40, 4, 10, true, 3, Some(&lengths));
+        let mut all: Vec<usize> = grouped.concat();
+        all.sort();
+        assert_eq!(all, (0..40).collect::<Vec<_>>(), "still every example once per epoch");
+        let spread = |b: &Vec<usize>| b.iter().map(|&i| lengths[i]).max().unwrap() - b.iter().map(|&i| lengths[i]).min().unwrap();
+        let plain = batch_order(40, 4, 10, true, 3, None);
+        let total = |o: &Vec<Vec<usize>>| o.iter().map(spread).sum::<usize>();
+        assert!(total(&grouped) * 4 < total(&plain), "grouped {} vs plain {}", total(&grouped), total(&plain));
     }
 
     #[test]

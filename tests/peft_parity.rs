@@ -125,6 +125,7 @@ fn three_adamw_steps_match_torch_within_2e3() {
             seed: 0,
             dropout: 0.0,
             recompute: name == "gemma-mqa",
+            group_by_length: false,
         };
         let per_step = t["per_step"].as_array().unwrap().clone();
         let mut step = 0;
