@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-/// The repository root.
+/// The repository root: where it was built, unless `TRAINER_REPO` says otherwise (test binaries carried to
+/// another machine, such as the GPU machine).
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("TRAINER_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// `../shared` beside the repository (real tokenizers and configs; CI has it). Set `TRAINER_SHARED` to override.

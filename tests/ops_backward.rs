@@ -11,6 +11,7 @@ use common::{assert_close, randn};
 use trainer::config::Activation;
 use trainer::ops::linear::{Frozen, LoraApply, LoraFactors};
 use trainer::ops::{activation, attention, cross_entropy, linear, rmsnorm, rope};
+use trainer::ops::attention::AttnMask;
 
 const REL: f32 = 1e-4;
 const ABS: f32 = 1e-6;
@@ -97,16 +98,8 @@ fn lora_linear_backward_matches_autograd() {
         let frozen = Frozen { w: randn(10, &[6, 12], 0.3), b: with_bias.then(|| randn(11, &[6], 0.1)) };
         let a = Var::from_tensor(&randn(12, &[4, 12], 0.3)).unwrap();
         let b = Var::from_tensor(&randn(13, &[6, 4], 0.3)).unwrap();
-        let mask = with_mask.then(|| {
-            trainer::ops::dropout::mask(
-                trainer::ops::dropout::DropoutKey { seed: 1, step: 2, micro: 0, layer: 3, module: 4 },
-                0.25,
-                10,
-                12,
-                &Device::Cpu,
-            )
-            .unwrap()
-        });
+        let key = trainer::ops::dropout::DropoutKey { seed: 1, step: 2, micro: 0, layer: 3, module: 4 };
+        let mask = with_mask.then(|| trainer::ops::dropout::mask(key, 0.25, 10, 12, &Device::Cpu).unwrap());
         let r = randn(14, &[10, 6], 1.0);
         let scale = 2.5;
         // Composite reference: x Wᵀ + b + s · ((x ⊙ mask) Aᵀ) Bᵀ.
@@ -123,7 +116,7 @@ fn lora_linear_backward_matches_autograd() {
         let grads = weighted_sum(&y_ref, &r).backward().unwrap();
 
         let factors = LoraFactors { a: a.as_tensor().clone(), b: b.as_tensor().clone() };
-        let (y, saved) = linear::forward(x.as_tensor(), &frozen, Some(LoraApply { factors: &factors, scale, mask: mask.clone() })).unwrap();
+        let (y, saved) = linear::forward(x.as_tensor(), &frozen, Some(LoraApply { factors: &factors, scale, dropout: with_mask.then_some((key, 0.25)) })).unwrap();
         assert_close("lora forward", &y, &y_ref, REL, ABS);
         let saved = saved.unwrap();
         let (dx, g) = linear::backward(&r, x.as_tensor(), &frozen, Some((&factors, scale, &saved))).unwrap();
@@ -160,14 +153,14 @@ fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&rep(v)).unwrap()
 }
 
-type AttnFwd = fn(&Tensor, &Tensor, &Tensor, &Tensor, f64) -> candle_core::Result<(Tensor, Tensor)>;
-type AttnBwd = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor, f64) -> candle_core::Result<(Tensor, Tensor, Tensor)>;
+type AttnFwd = fn(&Tensor, &Tensor, &Tensor, &AttnMask, f64) -> candle_core::Result<(Tensor, Tensor)>;
+type AttnBwd = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &AttnMask, f64) -> candle_core::Result<(Tensor, Tensor, Tensor)>;
 
 #[test]
 fn attention_backward_matches_autograd_with_gqa_and_padding() {
     // Sequence 0 is full length, sequence 1 has 2 padding positions; 4 query heads share 2 KV heads.
     let valid = vec![vec![true; 6], vec![true, true, true, true, false, false]];
-    let mask = attention::mask(&valid, None, &Device::Cpu).unwrap();
+    let mask = AttnMask::new(&valid, None, &Device::Cpu);
     for (hq, hkv) in [(4, 2), (4, 1), (2, 2)] {
         let (qv, kv, vv) = (
             Var::from_tensor(&randn(20, &[2, hq, 6, 8], 1.0)).unwrap(),
@@ -177,7 +170,7 @@ fn attention_backward_matches_autograd_with_gqa_and_padding() {
         let (q, k, v) = (&qv, &kv, &vv);
         let r = randn(23, &[2, hq, 6, 8], 1.0);
         let scale = 1.0 / 8f64.sqrt();
-        let o_ref = attention_ref(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale);
+        let o_ref = attention_ref(q.as_tensor(), k.as_tensor(), v.as_tensor(), mask.dense().unwrap(), scale);
         let grads = weighted_sum(&o_ref, &r).backward().unwrap();
         // Both the fused CPU kernels and the Candle-op reference path.
         for (path, fwd, bwd) in [
@@ -199,7 +192,7 @@ fn attention_backward_matches_autograd_with_gqa_and_padding() {
 #[test]
 fn attention_is_causal_and_ignores_padding_keys() {
     let valid = vec![vec![true, true, true, false]];
-    let mask = attention::mask(&valid, None, &Device::Cpu).unwrap();
+    let mask = AttnMask::new(&valid, None, &Device::Cpu);
     let q = randn(30, &[1, 1, 4, 8], 1.0);
     let k = randn(31, &[1, 1, 4, 8], 1.0);
     let v = randn(32, &[1, 1, 4, 8], 1.0);

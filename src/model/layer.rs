@@ -8,7 +8,7 @@
 use super::{Grads, Inputs, Model, StepCtx};
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::{self, LoraApply, LoraSaved};
-use crate::ops::{activation, attention, dropout, rmsnorm, rope};
+use crate::ops::{activation, attention, rmsnorm, rope};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -48,11 +48,8 @@ impl Model {
         let frozen = &self.layers[li].proj[t.index()];
         let lora = match adapter.and_then(|a| a.layers[li][t.index()].as_ref().map(|f| (a, f))) {
             Some((a, factors)) => {
-                let mask = match dropout {
-                    Some(ctx) => Some(dropout::mask(Model::dropout_key(ctx, li, t), ctx.dropout, x.dim(0)?, x.dim(1)?, x.device())?),
-                    None => None,
-                };
-                Some(LoraApply { factors, scale: a.spec.scale(), mask })
+                let dropout = dropout.map(|ctx| (Model::dropout_key(ctx, li, t), ctx.dropout));
+                Some(LoraApply { factors, scale: a.spec.scale(), dropout })
             }
             None => None,
         };
@@ -76,18 +73,15 @@ impl Model {
         let mut lora: [Option<LoraSaved>; 7] = Default::default();
         let (n1, rstd1) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n1 = n1.flatten_to(1)?;
-        let heads = |y: Tensor, h: usize| -> Result<Tensor> { Ok(y.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?) };
-        let q = heads(self.project(li, Target::Q, &n1, adapter, dropout, &mut lora)?, cfg.num_heads)?;
-        let k = heads(self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, cfg.num_kv_heads)?;
-        let v = heads(self.project(li, Target::V, &n1, adapter, dropout, &mut lora)?, cfg.num_kv_heads)?;
-        let q = rope::forward(&q, &inp.rope)?;
-        let k = rope::forward(&k, &inp.rope)?;
+        let q = rope::forward_heads(&self.project(li, Target::Q, &n1, adapter, dropout, &mut lora)?, &inp.rope, cfg.num_heads)?;
+        let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, &inp.rope, cfg.num_kv_heads)?;
+        let v = self.project(li, Target::V, &n1, adapter, dropout, &mut lora)?;
+        let v = v.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (d as f64).sqrt();
         let (o, lse) = attention::forward(&q, &k, &v, &inp.mask, scale)?;
         let o2 = o.transpose(1, 2)?.reshape((b * t, cfg.num_heads * d))?;
         let attn_out = self.project(li, Target::O, &o2, adapter, dropout, &mut lora)?;
-        let x1 = x.add(&attn_out.reshape(x.shape())?)?;
-        let (n2, rstd2) = rmsnorm::forward(&x1, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let (x1, n2, rstd2) = rmsnorm::add_forward(x, &attn_out.reshape(x.shape())?, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n2 = n2.flatten_to(1)?;
         let g = self.project(li, Target::Gate, &n2, adapter, dropout, &mut lora)?;
         let u = self.project(li, Target::Up, &n2, adapter, dropout, &mut lora)?;
@@ -130,19 +124,19 @@ impl Model {
         let dn2 = self
             .project_backward(li, Target::Gate, &dg, c, adapter, grads)?
             .add(&self.project_backward(li, Target::Up, &du, c, adapter, grads)?)?;
-        let dx1 = dy.add(&rmsnorm::backward(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2)?)?;
+        let dx1 = rmsnorm::backward_add(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2, dy)?;
         // Attention branch.
         let do2 = self.project_backward(li, Target::O, &dx1.flatten_to(1)?, c, adapter, grads)?;
         let do_ = do2.reshape((b, t, cfg.num_heads, d))?.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (d as f64).sqrt();
         let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, scale)?;
-        let dq = rope::backward(&dq, &inp.rope)?;
-        let dk = rope::backward(&dk, &inp.rope)?;
-        let rows = |g: Tensor| -> Result<Tensor> { Ok(g.transpose(1, 2)?.reshape((b * t, ()))?) };
-        let mut dn1 = self.project_backward(li, Target::Q, &rows(dq)?, c, adapter, grads)?;
-        dn1 = dn1.add(&self.project_backward(li, Target::K, &rows(dk)?, c, adapter, grads)?)?;
-        dn1 = dn1.add(&self.project_backward(li, Target::V, &rows(dv)?, c, adapter, grads)?)?;
-        let dx = dx1.add(&rmsnorm::backward(&dn1.reshape(dy.shape())?, &c.x, &lw.input_norm, cfg.norm_weight_offset, &c.rstd1)?)?;
+        let dq = rope::backward_rows(&dq, &inp.rope)?;
+        let dk = rope::backward_rows(&dk, &inp.rope)?;
+        let dv = dv.transpose(1, 2)?.reshape((b * t, ()))?;
+        let mut dn1 = self.project_backward(li, Target::Q, &dq, c, adapter, grads)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::K, &dk, c, adapter, grads)?)?;
+        dn1 = dn1.add(&self.project_backward(li, Target::V, &dv, c, adapter, grads)?)?;
+        let dx = rmsnorm::backward_add(&dn1.reshape(dy.shape())?, &c.x, &lw.input_norm, cfg.norm_weight_offset, &c.rstd1, &dx1)?;
         Ok(dx)
     }
 }

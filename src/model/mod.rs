@@ -87,7 +87,7 @@ pub(crate) struct Inputs {
     pub b: usize,
     pub t: usize,
     pub rope: RopeTables,
-    pub mask: Tensor,
+    pub mask: attention::AttnMask,
 }
 
 impl Model {
@@ -140,7 +140,7 @@ impl Model {
             b: batch.size(),
             t: batch.seq_len(),
             rope: RopeTables::new(&batch.positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype, &self.device)?,
-            mask: attention::mask(&batch.key_valid, batch.segments.as_deref(), &self.device)?,
+            mask: attention::AttnMask::new(&batch.key_valid, batch.segments.as_deref(), &self.device),
         })
     }
 

@@ -41,12 +41,29 @@ fn act_grad(g: &Tensor, a: Activation) -> Result<Tensor> {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn kernel_code(a: Activation) -> i32 {
+    match a {
+        Activation::Silu => 0,
+        Activation::GeluTanh => 1,
+        Activation::Gelu => 2,
+    }
+}
+
 pub fn forward(g: &Tensor, u: &Tensor, a: Activation) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[g, u]) {
+        return crate::cuda::glu_fwd(g, u, kernel_code(a));
+    }
     act(g, a)?.mul(u)
 }
 
 /// Returns `(dg, du)`.
 pub fn backward(dh: &Tensor, g: &Tensor, u: &Tensor, a: Activation) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[dh, g, u]) {
+        return crate::cuda::glu_bwd(dh, g, u, kernel_code(a));
+    }
     let dt = dh.dtype();
     let du = dh.mul(&act(g, a)?)?;
     let dg = dh

@@ -5,6 +5,71 @@
 
 use super::gemm::matmul;
 use candle_core::{DType, Device, Result, Tensor, D};
+use std::sync::OnceLock;
+
+/// Which keys each query may see, in the two forms the two paths use, each built on first use: the dense
+/// additive mask of the Candle reference, and the per-token key validity and packed-example ids (u32 `[B, T]`)
+/// that the CUDA kernels read.
+pub struct AttnMask {
+    key_valid: Vec<Vec<bool>>,
+    segments: Option<Vec<Vec<u32>>>,
+    device: Device,
+    dense: OnceLock<Tensor>,
+    tokens: OnceLock<(Tensor, Tensor)>,
+}
+
+impl AttnMask {
+    pub fn new(key_valid: &[Vec<bool>], segments: Option<&[Vec<u32>]>, device: &Device) -> Self {
+        Self {
+            key_valid: key_valid.to_vec(),
+            segments: segments.map(|s| s.to_vec()),
+            device: device.clone(),
+            dense: OnceLock::new(),
+            tokens: OnceLock::new(),
+        }
+    }
+
+    /// The additive mask `[B, 1, T, T]` (see [`mask`]).
+    pub fn dense(&self) -> Result<&Tensor> {
+        if let Some(m) = self.dense.get() {
+            return Ok(m);
+        }
+        let m = mask(&self.key_valid, self.segments.as_deref(), &self.device)?;
+        Ok(self.dense.get_or_init(|| m))
+    }
+
+    /// `(valid, segment)` per token, u32 `[B, T]`.
+    pub fn tokens(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(t) = self.tokens.get() {
+            return Ok(t);
+        }
+        let (b, t) = (self.key_valid.len(), self.key_valid.first().map_or(0, |r| r.len()));
+        let valid: Vec<u32> = self.key_valid.iter().flatten().map(|&v| v as u32).collect();
+        let seg: Vec<u32> = match &self.segments {
+            Some(s) => s.iter().flatten().copied().collect(),
+            None => vec![0; b * t],
+        };
+        let pair = (Tensor::from_vec(valid, (b, t), &self.device)?, Tensor::from_vec(seg, (b, t), &self.device)?);
+        Ok(self.tokens.get_or_init(|| pair))
+    }
+}
+
+/// bf16 sequences of at least this many tokens take the tensor-core path (cuBLAS score blocks + row kernels):
+/// measured on the H100 (BENCHMARKS.md), the one-kernel flash path runs on CUDA cores and is several times
+/// slower there; shorter sequences and f32 keep it.
+#[cfg(feature = "cuda")]
+pub const TENSOR_CORE_MIN_LEN: usize = 128;
+
+#[cfg(feature = "cuda")]
+fn use_tensor_cores(q: &Tensor) -> Result<bool> {
+    Ok(q.dtype() == DType::BF16 && q.dim(2)? >= TENSOR_CORE_MIN_LEN)
+}
+
+/// Whether the fused CUDA kernels serve these inputs (CUDA, f32/bf16, an instantiated head dim, not tracked).
+#[cfg(feature = "cuda")]
+fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<bool> {
+    Ok(crate::cuda::applies(&[q, k, v]) && crate::cuda::ATTENTION_HEAD_DIMS.contains(&q.dim(D::Minus1)?))
+}
 
 /// Additive mask `[B, 1, T, T]` (f32): 0 where query `i` may attend key `j` (`j ≤ i`, key not padding and in
 /// the same packed segment), `f32::MIN` elsewhere — transformers' eager convention, so a row with no visible key
@@ -51,13 +116,22 @@ fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 }
 
 /// `q`: `[B, Hq, T, d]`, `k`/`v`: `[B, Hkv, T, d]`. Returns `(o [B, Hq, T, d], lse [B, Hq, T, 1] f32)`.
-pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    forward_with(q, k, v, mask, scale, use_cpu_kernels(q, k, v))
+pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if use_cuda_kernels(q, k, v)? {
+        let (valid, seg) = mask.tokens()?;
+        return if use_tensor_cores(q)? {
+            crate::cuda::attention_fwd_chunked(q, k, v, valid, seg, scale, None)
+        } else {
+            crate::cuda::attention_fwd(q, k, v, valid, seg, scale)
+        };
+    }
+    forward_with(q, k, v, mask.dense()?, scale, use_cpu_kernels(q, k, v))
 }
 
-/// [`forward`] with the softmax always in Candle ops.
-pub fn forward_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    forward_with(q, k, v, mask, scale, false)
+/// [`forward`] as Candle ops (the oracle of the fused kernels).
+pub fn forward_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor)> {
+    forward_with(q, k, v, mask.dense()?, scale, false)
 }
 
 fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, fused: bool) -> Result<(Tensor, Tensor)> {
@@ -70,14 +144,24 @@ fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, f
 
 /// Returns `(dq, dk, dv)` given the output gradient `do_` and what forward produced.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
-    backward_with(do_, q, k, v, o, lse, mask, scale, use_cpu_kernels(q, k, v))
+pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if use_cuda_kernels(q, k, v)? {
+        let (valid, seg) = mask.tokens()?;
+        let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
+        return if use_tensor_cores(q)? {
+            crate::cuda::attention_bwd_chunked(do_, q, k, v, lse, &delta, valid, seg, scale, None)
+        } else {
+            crate::cuda::attention_bwd(do_, q, k, v, lse, &delta, valid, seg, scale)
+        };
+    }
+    backward_with(do_, q, k, v, o, lse, mask.dense()?, scale, use_cpu_kernels(q, k, v))
 }
 
-/// [`backward`] with the softmax backward always in Candle ops.
+/// [`backward`] as Candle ops (the oracle of the fused kernels).
 #[allow(clippy::too_many_arguments)]
-pub fn backward_reference(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &Tensor, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
-    backward_with(do_, q, k, v, o, lse, mask, scale, false)
+pub fn backward_reference(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_with(do_, q, k, v, o, lse, mask.dense()?, scale, false)
 }
 
 #[allow(clippy::too_many_arguments)]

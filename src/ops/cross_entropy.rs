@@ -46,13 +46,51 @@ pub fn nll_sum(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Tensor
 }
 
 pub fn forward(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[h, w]) {
+        return fused(h, w, targets, None).map(|(loss, _)| loss);
+    }
     Ok(nll_sum(h, w, targets)?.to_scalar::<f32>()? as f64)
+}
+
+/// The CUDA path: per chunk, the head GEMM on cuBLAS, then one kernel for the row log-sum-exp, the NLL and
+/// (with `scale`) the logits' gradient, then the GEMM back to `dh`.
+#[cfg(feature = "cuda")]
+fn fused(h: &Tensor, w: &Tensor, targets: &[Option<u32>], scale: Option<f64>) -> Result<(f64, Option<Tensor>)> {
+    let (n, vocab) = (h.dim(0)?, w.dim(0)?);
+    if let Some(t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target id {t} is outside the vocabulary ({vocab})");
+    }
+    let step = chunk_rows(vocab, n);
+    let mut nlls = Vec::new();
+    let mut dhs = Vec::new();
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let ids: Vec<u32> = targets[start..start + len].iter().map(|t| t.unwrap_or(u32::MAX)).collect();
+        let ids = Tensor::from_vec(ids, len, h.device())?;
+        let hc = h.narrow(0, start, len)?;
+        let logits = matmul(&hc, &w.t()?)?;
+        let (nll, dlogits) = crate::cuda::cross_entropy(&logits, &ids, scale)?;
+        nlls.push(nll);
+        if let Some(dl) = dlogits {
+            dhs.push(matmul(&dl, w)?);
+        }
+    }
+    // One device-to-host read for the whole batch.
+    let loss = Tensor::cat(&nlls, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let dh = if scale.is_some() { Some(Tensor::cat(&dhs, 0)?) } else { None };
+    Ok((loss, dh))
 }
 
 /// Forward and backward at once: returns the NLL sum and `dh = d(scale · Σ nll)/dh` (`[N, H]`, dtype of `h`).
 /// `scale` is 1 / (target tokens of the whole optimizer batch), which makes accumulated micro-batch gradients
 /// equal to the gradient of the batch's token-weighted mean loss.
 pub fn forward_backward(h: &Tensor, w: &Tensor, targets: &[Option<u32>], scale: f64) -> Result<(f64, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[h, w]) {
+        let (loss, dh) = fused(h, w, targets, Some(scale))?;
+        return Ok((loss, dh.expect("asked for the gradient")));
+    }
     let n = h.dim(0)?;
     let vocab = w.dim(0)?;
     let step = chunk_rows(vocab, n);

@@ -4,6 +4,7 @@
 //! Backward returns the input gradient and the LoRA factor gradients only: `W` and `b` are frozen and never
 //! differentiated (no `dW` GEMM, no weight-sized buffer).
 
+use super::dropout::DropoutKey;
 use super::gemm::matmul;
 use candle_core::{DType, Result, Tensor};
 
@@ -23,22 +24,22 @@ pub struct LoraFactors {
 
 /// What LoRA's backward needs beyond the layer input.
 pub struct LoraSaved {
-    /// The dropout mask applied to the LoRA input, when dropout is active.
-    pub mask: Option<Tensor>,
+    /// The dropout applied to the LoRA input, when active: its key and probability (the mask is redrawn).
+    pub dropout: Option<(DropoutKey, f64)>,
     /// `drop(x) Aᵀ`, `[N, r]`.
     pub xa: Tensor,
 }
 
-/// The LoRA branch as applied in one forward: factors, scale and (optional) dropout mask.
+/// The LoRA branch as applied in one forward: factors, scale and (optional) dropout.
 pub struct LoraApply<'a> {
     pub factors: &'a LoraFactors,
     pub scale: f64,
-    pub mask: Option<Tensor>,
+    pub dropout: Option<(DropoutKey, f64)>,
 }
 
-fn dropped(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    match mask {
-        Some(m) => x.mul(&m.to_dtype(x.dtype())?),
+fn dropped(x: &Tensor, dropout: Option<(DropoutKey, f64)>) -> Result<Tensor> {
+    match dropout {
+        Some((key, p)) => super::dropout::apply(x, key, p),
         None => Ok(x.clone()),
     }
 }
@@ -51,9 +52,9 @@ pub fn forward(x: &Tensor, frozen: &Frozen, lora: Option<LoraApply>) -> Result<(
     }
     let Some(l) = lora else { return Ok((y, None)) };
     let dt = x.dtype();
-    let xa = matmul(&dropped(x, l.mask.as_ref())?, &l.factors.a.to_dtype(dt)?.t()?)?;
+    let xa = matmul(&dropped(x, l.dropout)?, &l.factors.a.to_dtype(dt)?.t()?)?;
     let delta = (matmul(&xa, &l.factors.b.to_dtype(dt)?.t()?)? * l.scale)?;
-    Ok((y.add(&delta)?, Some(LoraSaved { mask: l.mask, xa })))
+    Ok((y.add(&delta)?, Some(LoraSaved { dropout: l.dropout, xa })))
 }
 
 /// LoRA gradients in f32: `(dA [r, in], dB [out, r])`.
@@ -75,9 +76,9 @@ pub fn backward(
     let dys = (dy * scale)?;
     let db = matmul(&dys.t()?, &saved.xa)?;
     let dxa = matmul(&dys, &factors.b.to_dtype(dt)?)?;
-    let xd = dropped(x, saved.mask.as_ref())?;
+    let xd = dropped(x, saved.dropout)?;
     let da = matmul(&dxa.t()?, &xd)?;
     let dxd = matmul(&dxa, &factors.a.to_dtype(dt)?)?;
-    dx = dx.add(&dropped(&dxd, saved.mask.as_ref())?)?;
+    dx = dx.add(&dropped(&dxd, saved.dropout)?)?;
     Ok((dx, Some(LoraGrads { da: da.to_dtype(DType::F32)?, db: db.to_dtype(DType::F32)? })))
 }

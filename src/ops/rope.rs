@@ -48,3 +48,24 @@ pub fn forward(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
 pub fn backward(dy: &Tensor, tables: &RopeTables) -> Result<Tensor> {
     dy.broadcast_mul(&tables.cos)?.sub(&rotate_half(&dy.broadcast_mul(&tables.sin)?)?)
 }
+
+/// The projection output `rows` `[B·T, H·d]` split into heads and rotated: `[B, H, T, d]`. On CUDA one kernel
+/// does both, in place of a transpose copy followed by the rotation.
+pub fn forward_heads(rows: &Tensor, tables: &RopeTables, heads: usize) -> Result<Tensor> {
+    let (b, _, t, d) = tables.cos.dims4()?;
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[rows, &tables.cos]) {
+        return crate::cuda::rope_fwd(rows, &tables.cos, &tables.sin, b, t, heads, d);
+    }
+    forward(&rows.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?, tables)
+}
+
+/// Backward of [`forward_heads`]: `dy` `[B, H, T, d]` → `[B·T, H·d]`.
+pub fn backward_rows(dy: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[dy, &tables.cos]) {
+        return crate::cuda::rope_bwd(dy, &tables.cos, &tables.sin);
+    }
+    let (b, h, t, d) = dy.dims4()?;
+    backward(dy, tables)?.transpose(1, 2)?.reshape((b * t, h * d))
+}
