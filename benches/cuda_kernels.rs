@@ -8,14 +8,14 @@
 
 #[cfg(feature = "cuda")]
 fn main() -> anyhow::Result<()> {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Tensor};
     use std::time::Instant;
     use trainer::config::Activation;
     use trainer::ops::attention::{self, AttnMask};
     use trainer::ops::rope::{self, RopeTables};
     use trainer::ops::{activation, cross_entropy, rmsnorm};
 
-    let dev = Device::new_cuda(0)?;
+    let dev = trainer::cuda::open_device(0)?;
     let sync = || dev.synchronize();
     // Median of 20 runs, each synchronised, after 3 warm-ups.
     let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {

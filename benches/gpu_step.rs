@@ -9,14 +9,15 @@
 //! seven projections (`all`). Prints one JSON object per run.
 //!
 //! Memory is sampled every 2 ms by a thread asking the driver for used device memory (total − free, so the CUDA
-//! context and the allocator's pool count, as they do in the torch script's identical sampler).
+//! context and the allocator's pool count, as they do in the torch script's identical sampler); the pool is
+//! trimmed before each run, as the torch script empties its cache.
 //! MFU counts model FLOPs only (4·N per token for LoRA — forward 2N, input-gradient backward 2N, no weight
 //! gradients — plus 6·T·H·d per layer for causal attention), not recomputation, over the H100 SXM's dense bf16
 //! peak of 989.4 TFLOP/s.
 
 #[cfg(feature = "cuda")]
 fn main() -> anyhow::Result<()> {
-    use candle_core::{DType, Device};
+    use candle_core::DType;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
@@ -32,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = args.iter().position(|a| a == "--steps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(5);
     let runs: Vec<&String> = args.iter().enumerate().filter(|(i, _)| *i > 0 && args[i - 1] == "--run").map(|(_, a)| a).collect();
 
-    let dev = Device::new_cuda(0)?;
+    let dev = trainer::cuda::open_device(0)?;
     let ctx = dev.as_cuda_device()?.cuda_stream().context().clone();
     let peak = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -89,7 +90,9 @@ fn main() -> anyhow::Result<()> {
             recompute,
             group_by_length: false,
         };
-        dev.synchronize()?;
+        // Each run's peak is its own: what earlier runs left in the pool goes back first.
+        trainer::cuda::trim_pool(&dev)?;
+        std::thread::sleep(std::time::Duration::from_millis(10));
         peak.store(0, Ordering::Relaxed);
         let mut times = Vec::new();
         let mut last = Instant::now();

@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 export TRAINER_REPO=$PWD TRAINER_REQUIRE_CUDA=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
-timeout 300 "$BIN/cuda_kernels_test" --test-threads=1 > "$OUT/tests.log" 2>&1; tail -3 "$OUT/tests.log"
+timeout 300 "$BIN/cuda_kernels_test" --test-threads=1 --nocapture > "$OUT/tests.log" 2>&1; grep "^test result" "$OUT/tests.log"
 grep -E "panicked|FAILED" -A2 "$OUT/tests.log" | head -20
 
 timeout 120 "$BIN/bench_kernels" > "$OUT/kernels.jsonl" 2>&1
@@ -23,7 +23,7 @@ timeout 120 python3 benches/cuda_kernels_torch.py >> "$OUT/kernels.jsonl" 2>&1
 
 TOK=${TOKENIZER_DIR:-}
 timeout 200 python3 benches/make_random_checkpoint.py "$CONFIGS/llama-2-7b.json" /tmp/llama7b $TOK 2>&1 | tail -1
-timeout 100 python3 benches/make_random_checkpoint.py "$CONFIGS/gemma-2b.json" /tmp/gemma2b 2>&1 | tail -1
+timeout 100 python3 benches/make_random_checkpoint.py "$CONFIGS/gemma-2b.json" /tmp/gemma2b ${GEMMA_TOKENIZER_DIR:-} 2>&1 | tail -1
 LLAMA_RUNS="--run 512,16,qkv --run 512,16,qkv,recompute --run 2048,4,qkv --run 2048,4,qkv,recompute --run 512,16,all,recompute"
 GEMMA_RUNS="--run 512,16,qkv --run 512,16,qkv,recompute --run 2048,4,qkv,recompute --run 512,16,all,recompute"
 timeout 300 "$BIN/gpu_step" /tmp/llama7b --steps 5 $LLAMA_RUNS > "$OUT/steps.jsonl" 2>>"$OUT/steps.err"
@@ -45,4 +45,10 @@ if [ -n "$TOK" ]; then
          --device cuda --dtype bf16 --batch-size 4 --json | tee -a "$OUT/parity.log" | python3 -c 'import json,sys; print(json.load(sys.stdin)["loss"])')
   timeout 200 python3 tests/fixtures/gen_fixtures.py check-export --model /tmp/llama7b --adapter "$adapter" \
     --data data/samples/es-native.json --expected-loss "$loss" --tol 0.05 --device cuda --dtype bfloat16 | tee -a "$OUT/parity.log"
+fi
+
+# Where the time goes: per-kernel totals of a short 7B run at seq 2048, when Nsight Systems is installed.
+if command -v nsys >/dev/null && [ -d /tmp/llama7b ]; then
+  timeout 200 nsys profile -o /tmp/prof --force-overwrite true "$BIN/gpu_step" /tmp/llama7b --steps 2 --run 2048,4,qkv > /dev/null 2>&1
+  timeout 120 nsys stats --report cuda_gpu_kern_sum --format csv /tmp/prof.nsys-rep 2>/dev/null | head -25 > "$OUT/profile.csv"
 fi

@@ -59,4 +59,32 @@ __device__ __forceinline__ void block_lse(float &m, float &s) {
   }
 }
 
+// 8 consecutive elements through 16-byte accesses (the pointer must be 16-byte aligned).
+template <typename T> struct Vec8 {
+  static constexpr int loads = sizeof(T) * 8 / 16;  // 16-byte loads per 8 elements: 1 for bf16, 2 for f32
+};
+
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *out) {
+  const uint4 *v = reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+  for (int l = 0; l < Vec8<T>::loads; l++) {
+    uint4 u = v[l];
+    const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+    for (int k = 0; k < 16 / (int)sizeof(T); k++) out[l * (16 / sizeof(T)) + k] = to_f(e[k]);
+  }
+}
+
+template <typename T> __device__ __forceinline__ void store8(T *p, const float *in) {
+  uint4 *v = reinterpret_cast<uint4 *>(p);
+#pragma unroll
+  for (int l = 0; l < Vec8<T>::loads; l++) {
+    uint4 u;
+    T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+    for (int k = 0; k < 16 / (int)sizeof(T); k++) e[k] = from_f<T>(in[l * (16 / sizeof(T)) + k]);
+    v[l] = u;
+  }
+}
+
 #define INSTANTIATE_FLOAT_TYPES(MACRO) MACRO(float, f32) MACRO(bf16, bf16)

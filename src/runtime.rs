@@ -11,13 +11,20 @@ pub fn device(name: &str) -> Result<Device> {
                 Some(n) => n.parse().map_err(|_| anyhow::anyhow!("device `{s}`: expected cuda:N"))?,
                 None => 0,
             };
-            if !candle_core::utils::cuda_is_available() {
-                bail!("device `{s}`: this trainer was built without CUDA (rebuild with `--features cuda`)");
-            }
-            Ok(Device::new_cuda(ordinal)?)
+            open_cuda(s, ordinal)
         }
         other => bail!("unknown device `{other}` (cpu, cuda, cuda:N)"),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(_name: &str, ordinal: usize) -> Result<Device> {
+    Ok(crate::cuda::open_device(ordinal)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(name: &str, _ordinal: usize) -> Result<Device> {
+    bail!("device `{name}`: this trainer was built without CUDA (rebuild with `--features cuda`)")
 }
 
 /// "auto" picks f32 on CPU (Candle's CPU bf16 matmul widens to f32 on every call) and bf16 on CUDA.

@@ -158,7 +158,9 @@ pub fn glu_fwd(g: &Tensor, u: &Tensor, act: i32) -> Result<Tensor> {
     let n = g.elem_count();
     let h = empty(g.shape(), g.dtype(), dev)?;
     let name = format!("glu_fwd_{}", suffix(g.dtype())?);
-    launch!(dev, "activation", ptx::ACTIVATION, name, flat_cfg(n), ptr(&g)?, ptr(&u)?, ptr(&h)?, n, act)?;
+    let ptrs = [ptr(&g)?, ptr(&u)?, ptr(&h)?];
+    let vec = ptrs.iter().all(|p| p % 16 == 0) as i32;
+    launch!(dev, "activation", ptx::ACTIVATION, name, flat_cfg(if vec == 1 { n / 8 } else { n }), ptrs[0], ptrs[1], ptrs[2], n, act, vec)?;
     Ok(h)
 }
 
@@ -169,7 +171,9 @@ pub fn glu_bwd(dh: &Tensor, g: &Tensor, u: &Tensor, act: i32) -> Result<(Tensor,
     let dg = empty(g.shape(), g.dtype(), dev)?;
     let du = empty(g.shape(), g.dtype(), dev)?;
     let name = format!("glu_bwd_{}", suffix(g.dtype())?);
-    launch!(dev, "activation", ptx::ACTIVATION, name, flat_cfg(n), ptr(&dh)?, ptr(&g)?, ptr(&u)?, ptr(&dg)?, ptr(&du)?, n, act)?;
+    let ptrs = [ptr(&dh)?, ptr(&g)?, ptr(&u)?, ptr(&dg)?, ptr(&du)?];
+    let vec = ptrs.iter().all(|p| p % 16 == 0) as i32;
+    launch!(dev, "activation", ptx::ACTIVATION, name, flat_cfg(if vec == 1 { n / 8 } else { n }), ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], n, act, vec)?;
     Ok((dg, du))
 }
 
@@ -286,9 +290,18 @@ fn chunk_rows(x: &Tensor, hkv: usize, c0: usize, len: usize) -> Result<Tensor> {
     x.reshape((b, hkv, rep, t, d))?.narrow(3, c0, len)?.contiguous()?.reshape((b * hkv, rep * len, d))
 }
 
+/// Keys `0..kend` of `x` (`[B, Hkv, T, D]`) as `[B·Hkv, kpad, D]`, zero keys appended up to `kpad` (a multiple
+/// of 8) so that every score row starts 16-byte aligned for the row kernels' vector loads.
 fn key_prefix(x: &Tensor, kend: usize) -> Result<Tensor> {
     let (b, hkv, _, d) = x.dims4()?;
-    x.narrow(2, 0, kend)?.contiguous()?.reshape((b * hkv, kend, d))
+    let kpad = kend.next_multiple_of(8);
+    x.narrow(2, 0, kend)?.pad_with_zeros(2, 0, kpad - kend)?.contiguous()?.reshape((b * hkv, kpad, d))
+}
+
+/// One block per score row, a thread per 8 columns (at most 256 threads, looping beyond).
+fn score_row_cfg(rows: usize, kpad: usize) -> LaunchConfig {
+    let threads = (kpad / 8).next_multiple_of(32).clamp(32, 256) as u32;
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Chunk outputs `[B·Hkv, rep·len, D]` back to `[B, Hq, T, D]`.
@@ -322,10 +335,10 @@ pub fn attention_fwd_chunked(q: &Tensor, k: &Tensor, v: &Tensor, valid: &Tensor,
         let kc = key_prefix(k, kend)?;
         let s = qc.matmul(&kc.t()?)?;
         let p = empty(s.shape(), dt, dev)?;
-        let rows = b * hkv * rep * len;
-        launch!(dev, "attention_rows", ptx::ATTENTION_ROWS, name, row_cfg(rows, kend.min(256)),
+        let (rows, kpad) = (b * hkv * rep * len, kc.dim(1)?);
+        launch!(dev, "attention_rows", ptx::ATTENTION_ROWS, name, score_row_cfg(rows, kpad),
             ptr(&s)?, ptr(&p)?, ptr(&lse)?, ptr(valid)?, ptr(seg)?, len as i32, rep as i32, hkv as i32, c0 as i32,
-            kend as i32, hq as i32, t as i32, scale as f32)?;
+            kpad as i32, hq as i32, t as i32, scale as f32)?;
         outs.push(p.matmul(&key_prefix(v, kend)?)?);
         lens.push(len);
     }
@@ -369,11 +382,11 @@ pub fn attention_bwd_chunked(
         let dp = doc.matmul(&vc.t()?)?;
         let p = empty(s.shape(), dt, dev)?;
         let ds = empty(s.shape(), dt, dev)?;
-        let rows = b * hkv * rep * len;
-        launch!(dev, "attention_rows", ptx::ATTENTION_ROWS, name, row_cfg(rows, kend.min(256)),
+        let (rows, kpad) = (b * hkv * rep * len, kc.dim(1)?);
+        launch!(dev, "attention_rows", ptx::ATTENTION_ROWS, name, score_row_cfg(rows, kpad),
             ptr(&s)?, ptr(&dp)?, ptr(&lse)?, ptr(&delta)?, ptr(&p)?, ptr(&ds)?, ptr(valid)?, ptr(seg)?,
-            len as i32, rep as i32, hkv as i32, c0 as i32, kend as i32, hq as i32, t as i32, scale as f32)?;
-        let pad = |x: Tensor| -> Result<Tensor> { x.to_dtype(DType::F32)?.pad_with_zeros(1, 0, t - kend) };
+            len as i32, rep as i32, hkv as i32, c0 as i32, kpad as i32, hq as i32, t as i32, scale as f32)?;
+        let pad = |x: Tensor| -> Result<Tensor> { x.narrow(1, 0, kend)?.to_dtype(DType::F32)?.pad_with_zeros(1, 0, t - kend) };
         dv = dv.add(&pad(p.t()?.matmul(&doc)?)?)?;
         dk = dk.add(&pad(ds.t()?.matmul(&qc)?)?)?;
         dqs.push(ds.matmul(&kc)?);
@@ -382,4 +395,51 @@ pub fn attention_bwd_chunked(
     let dq = unchunk(dqs, b, hq, hkv, &lens, d)?;
     let shape = (b, hkv, t, d);
     Ok((dq, dk.reshape(shape)?.to_dtype(dt)?, dv.reshape(shape)?.to_dtype(dt)?))
+}
+
+/// Opens CUDA device `ordinal` with its memory pool set to keep freed memory (release threshold: unlimited).
+///
+/// Candle allocates through the stream-ordered pool (`cuMemAllocAsync`), whose default threshold of 0 hands all
+/// freed memory back to the driver at every synchronisation; the trainer synchronises once per optimizer step, so
+/// every step would map its activations afresh. Measured on the H100 this doubled the time of small kernels
+/// (BENCHMARKS.md); torch's caching allocator keeps memory the same way.
+pub fn open_device(ordinal: usize) -> Result<candle_core::Device> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let device = candle_core::Device::new_cuda(ordinal)?;
+    let ctx = device.as_cuda_device()?.cuda_stream().context().clone();
+    ctx.bind_to_thread().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    unsafe {
+        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuDeviceGetDefaultMemPool: {r:?}");
+        }
+        let r = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut _);
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuMemPoolSetAttribute: {r:?}");
+        }
+    }
+    Ok(device)
+}
+
+/// Returns the memory the pool of `device` keeps back to the driver (between benchmark runs, so that each run's
+/// peak is its own).
+pub fn trim_pool(device: &candle_core::Device) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    device.synchronize()?;
+    let ctx = device.as_cuda_device()?.cuda_stream().context().clone();
+    ctx.bind_to_thread().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    unsafe {
+        let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuDeviceGetDefaultMemPool: {r:?}");
+        }
+        let r = sys::cuMemPoolTrimTo(pool, 0);
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("cuMemPoolTrimTo: {r:?}");
+        }
+    }
+    Ok(())
 }
