@@ -6,7 +6,32 @@ use std::process::Command;
 
 const KERNELS: [&str; 7] = ["rmsnorm", "rope", "activation", "cross_entropy", "dropout", "attention", "attention_rows"];
 
+/// The commit the binary was built from, recorded in every run's config.json ("unknown" outside a git checkout).
+fn git_commit() -> String {
+    // Rebuild when HEAD moves: .git/HEAD for branch switches, the branch's ref for new commits.
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+        println!("cargo:rerun-if-changed=.git/HEAD");
+        if let Some(r) = head.strip_prefix("ref: ") {
+            // A fresh clone keeps its refs in packed-refs; a file that does not exist would rerun every build.
+            let loose = format!(".git/{}", r.trim());
+            for f in [loose.as_str(), ".git/packed-refs"] {
+                if std::path::Path::new(f).exists() {
+                    println!("cargo:rerun-if-changed={f}");
+                }
+            }
+        }
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn main() {
+    println!("cargo:rustc-env=TRAINER_GIT={}", git_commit());
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

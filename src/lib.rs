@@ -14,8 +14,12 @@ pub mod optim;
 pub mod recipe;
 pub mod runtime;
 pub mod session;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;
 
 #[doc(hidden)]
 pub mod testing;
+
+/// The Candle release the trainer is built and checked against (recorded in every run's config.json).
+pub const CANDLE_VERSION: &str = "0.11.1";

@@ -5,6 +5,8 @@ use trainer::data::format::Format;
 use trainer::data::TrainOn;
 use trainer::lora::Adapter;
 use trainer::session::Session;
+use trainer::sweep::progress::Mode;
+use trainer::sweep::Options;
 
 #[derive(Parser)]
 #[command(name = "trainer", version, about = "LoRA fine-tuning for multilingual instruction-tuning research")]
@@ -13,27 +15,72 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` and `plan` take besides the recipe.
+#[derive(clap::Args, Clone)]
+struct RecipeArgs {
+    /// The recipe (TOML).
+    recipe: PathBuf,
+    /// Resolve source paths against this folder instead of the recipe's data_root.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Change a recipe value: --set train.epochs=1 --set 'train.lr=[1e-4]' (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Train this model instead of the recipe's: a directory (relative to the working directory) or a hub id.
+    #[arg(long)]
+    model: Option<String>,
+    /// Put every model on this device: cpu, cuda, cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Only runs i, i+n, i+2n, … of the grid (0 ≤ i < n), e.g. --shard $SLURM_ARRAY_TASK_ID/8.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<String>,
+}
+
+impl RecipeArgs {
+    fn options(&self, output_dir: Option<PathBuf>) -> Result<Options> {
+        Ok(Options {
+            output_dir,
+            data_root: self.data_root.clone(),
+            overrides: self.overrides.clone(),
+            model: self.model.clone(),
+            device: self.device.clone(),
+            shard: self.shard.as_deref().map(trainer::sweep::parse_shard).transpose()?,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Train one LoRA adapter per learning rate of a recipe.
+    /// Train every run of a recipe (models × conditions × learning rates × seeds), then write the report.
     Run {
-        /// The recipe (TOML).
-        recipe: PathBuf,
+        #[command(flatten)]
+        args: RecipeArgs,
         /// Write the runs here instead of the recipe's output_dir.
         #[arg(long)]
         output_dir: Option<PathBuf>,
-        /// Resolve source paths against this folder instead of the recipe's data_root.
+        /// No progress bars: one line per run.
         #[arg(long)]
-        data_root: Option<PathBuf>,
+        quiet: bool,
+        /// "text" (default) or "json": one JSON event per line on stdout (run_start, step, eval, run_end, ...).
+        #[arg(long, default_value = "text")]
+        log_format: String,
+        /// Run one run per GPU at a time on these CUDA devices, e.g. --gpus 0,1,2,3.
+        #[arg(long, value_delimiter = ',')]
+        gpus: Vec<usize>,
     },
     /// Expand a recipe without training: runs, conditions and data sizes.
     Plan {
-        recipe: PathBuf,
-        #[arg(long)]
-        data_root: Option<PathBuf>,
+        #[command(flatten)]
+        args: RecipeArgs,
         /// Print {"runs": [...], "bad_records": {...}}.
         #[arg(long)]
         json: bool,
+    },
+    /// Rebuild report.md, report.csv and plots/ from the finished runs in an output folder.
+    Report {
+        /// The sweep's output folder.
+        dir: PathBuf,
     },
     /// Held-out loss and perplexity of a model (+ adapter) on a data file.
     Eval {
@@ -64,32 +111,63 @@ enum Command {
 }
 
 fn main() {
-    if let Err(e) = real_main() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match real_main() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let interrupted = e.downcast_ref::<trainer::sweep::Interrupted>().is_some();
+            std::process::exit(if interrupted { 130 } else { 1 });
+        }
     }
 }
 
-fn real_main() -> Result<()> {
+fn real_main() -> Result<i32> {
     match Cli::parse().command {
-        Command::Run { recipe, output_dir, data_root } => {
-            trainer::train::run_recipe(&recipe, output_dir, data_root.as_deref())?;
-            Ok(())
+        Command::Run { args, output_dir, quiet, log_format, gpus } => {
+            let mode = match (log_format.as_str(), quiet) {
+                ("json", _) => Mode::Json,
+                ("text", true) => Mode::Quiet,
+                ("text", false) => Mode::Bars,
+                (other, _) => anyhow::bail!("--log-format must be text or json, not `{other}`"),
+            };
+            let opts = args.options(output_dir)?;
+            if !gpus.is_empty() {
+                return run_on_gpus(&args, &opts, &gpus, &log_format);
+            }
+            trainer::sweep::install_interrupt_handler();
+            let outcome = trainer::sweep::run_recipe(&args.recipe, &opts, mode)?;
+            let total = outcome.summaries.len();
+            if outcome.failed > 0 {
+                eprintln!("error: {} of {total} runs failed:", outcome.failed);
+                for s in outcome.summaries.iter().filter(|s| s.status != "ok") {
+                    eprintln!("  {}: {}", s.run, s.error.as_deref().unwrap_or("?"));
+                }
+                return Ok(1);
+            }
+            if mode != Mode::Json {
+                eprintln!("{total} runs finished ({} skipped as done earlier)", outcome.skipped);
+            }
+            Ok(0)
         }
-        Command::Plan { recipe, data_root, json } => {
-            let (runs, bad) = trainer::train::plan_recipe(&recipe, data_root.as_deref())?;
+        Command::Plan { args, json } => {
+            let (runs, bad) = trainer::sweep::plan_recipe(&args.recipe, &args.options(None)?)?;
             if json {
                 println!("{}", serde_json::json!({ "runs": runs, "bad_records": bad }));
             } else {
-                println!("{:<40} {:>9} {:>8} {:>8} {:>12} {:>9}", "run", "lr", "train", "heldout", "train tok", "truncated");
+                println!("{:<48} {:>9} {:>5} {:>8} {:>8} {:>7} {:>12} {:>9}", "run", "lr", "seed", "train", "heldout", "steps", "train tok", "truncated");
                 for r in &runs {
-                    println!("{:<40} {:>9} {:>8} {:>8} {:>12} {:>9}", r.run, trainer::train::lr_label(r.lr), r.train_examples, r.heldout_examples, r.train_target_tokens, r.truncated_examples);
+                    println!("{:<48} {:>9} {:>5} {:>8} {:>8} {:>7} {:>12} {:>9}", r.run, trainer::train::lr_label(r.lr), r.seed, r.train_examples, r.heldout_examples, r.steps, r.train_target_tokens, r.truncated_examples);
                 }
                 if bad.count > 0 {
                     println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
                 }
             }
-            Ok(())
+            Ok(0)
+        }
+        Command::Report { dir } => {
+            let path = trainer::sweep::report::write(&dir)?;
+            println!("{}", path.display());
+            Ok(0)
         }
         Command::Eval { model, adapter, data, format, template, max_seq_len, batch_size, device, dtype, json } => {
             let format = Format::parse(&format).context("--format")?;
@@ -106,7 +184,48 @@ fn real_main() -> Result<()> {
             } else {
                 println!("loss {:.6}  perplexity {:.4}  ({} target tokens, {} examples)", r.loss, r.perplexity, r.tokens, r.examples);
             }
-            Ok(())
+            Ok(0)
         }
     }
+}
+
+/// `--gpus`: one child `trainer run` per GPU, each on its shard of the grid, then one report over all of them.
+fn run_on_gpus(args: &RecipeArgs, opts: &Options, gpus: &[usize], log_format: &str) -> Result<i32> {
+    if args.shard.is_some() || args.device.is_some() {
+        anyhow::bail!("--gpus picks the shard and device of each child: drop --shard and --device");
+    }
+    let exe = std::env::current_exe().context("cannot find the trainer binary")?;
+    let mut children = Vec::new();
+    for (i, gpu) in gpus.iter().enumerate() {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run").arg(&args.recipe).args(["--shard", &format!("{i}/{}", gpus.len()), "--device", &format!("cuda:{gpu}"), "--log-format", log_format]);
+        if log_format != "json" {
+            cmd.arg("--quiet");
+        }
+        if let Some(d) = &opts.output_dir {
+            cmd.arg("--output-dir").arg(d);
+        }
+        if let Some(d) = &args.data_root {
+            cmd.arg("--data-root").arg(d);
+        }
+        if let Some(m) = &args.model {
+            cmd.args(["--model", m]);
+        }
+        for o in &args.overrides {
+            cmd.args(["--set", o]);
+        }
+        children.push((gpu, cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?));
+    }
+    let mut code = 0;
+    for (gpu, mut child) in children {
+        let status = child.wait()?;
+        if !status.success() {
+            eprintln!("the runs on GPU {gpu} did not all succeed ({status})");
+            code = status.code().unwrap_or(1);
+        }
+    }
+    let recipe = trainer::sweep::load_recipe(&args.recipe, opts)?;
+    let path = trainer::sweep::report::write(&recipe.output_dir)?;
+    eprintln!("report: {}", path.display());
+    Ok(code)
 }

@@ -69,6 +69,31 @@ impl AdamW {
         })
     }
 
+    /// The state that continues an interrupted run exactly: update count and the first and second moments.
+    pub fn state(&self) -> (u64, &[Tensor], &[Tensor]) {
+        (self.step, &self.m, &self.v)
+    }
+
+    /// Restores [`AdamW::state`]; the moments must match the parameters this optimizer was made for.
+    pub fn restore(&mut self, step: u64, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+        if m.len() != self.m.len() || v.len() != self.v.len() {
+            bail!("optimizer state holds {} moments, the adapter has {} tensors", m.len(), self.m.len());
+        }
+        for (new, old) in m.iter().chain(&v).zip(self.m.iter().chain(&self.v)) {
+            if new.dims() != old.dims() {
+                bail!("optimizer moment of shape {:?} does not fit a parameter of shape {:?}", new.dims(), old.dims());
+            }
+        }
+        let device = self.m.first().map(|t| t.device().clone());
+        let to_dev = |t: Vec<Tensor>| -> candle_core::Result<Vec<Tensor>> {
+            t.into_iter().map(|x| match &device { Some(d) => x.to_device(d)?.to_dtype(DType::F32), None => Ok(x) }).collect()
+        };
+        self.step = step;
+        self.m = to_dev(m)?;
+        self.v = to_dev(v)?;
+        Ok(())
+    }
+
     /// One update with learning rate `lr`, in torch's order of operations.
     pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor], lr: f64) -> Result<()> {
         let c = self.cfg;

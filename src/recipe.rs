@@ -2,17 +2,24 @@
 //! error names the recipe file (and, for syntax and type errors, the line).
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     pub name: String,
     pub output_dir: PathBuf,
+    /// Seeds the data (mixes, held-out splits) and, without `seeds`, the training (LoRA init, batch order,
+    /// dropout).
     #[serde(default)]
     pub seed: u64,
-    pub model: ModelSection,
+    /// One run per training seed; the data stays as `seed` made it.
+    pub seeds: Option<Vec<u64>>,
+    /// One model, or `[[models]]` for several (one set of runs per model).
+    pub model: Option<ModelSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
     #[serde(default)]
     pub lora: LoraSection,
     pub train: TrainSection,
@@ -31,7 +38,7 @@ pub struct Recipe {
     #[serde(default = "error_policy")]
     pub on_bad_record: String,
     /// The folder of the recipe file: relative model and data paths resolve against it.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub base_dir: PathBuf,
 }
 
@@ -39,15 +46,54 @@ fn error_policy() -> String {
     "error".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSection {
     /// Share of each condition held out (seeded, stratified by language) and never trained on.
     #[serde(default)]
     pub heldout_fraction: f64,
+    /// When to evaluate on the held-out share: "epoch" (default: after every epoch) or every N steps. Training
+    /// always ends with an evaluation.
+    #[serde(default)]
+    pub every: EvalEvery,
+    /// Which adapters to export: "last" (default), "best" (lowest held-out loss, as the native-vs-translated
+    /// study keeps the best of its epochs) or "all" (one per evaluation, plus the last).
+    #[serde(default = "last")]
+    pub keep: String,
+    /// Sequences per evaluation forward; default: the training micro-batch size.
+    pub batch_size: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self { heldout_fraction: 0.0, every: EvalEvery::default(), keep: last(), batch_size: None }
+    }
+}
+
+fn last() -> String {
+    "last".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum EvalEvery {
+    Steps(usize),
+    Named(EvalPoint),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalPoint {
+    Epoch,
+}
+
+impl Default for EvalEvery {
+    fn default() -> Self {
+        EvalEvery::Named(EvalPoint::Epoch)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionSection {
     pub name: String,
@@ -66,14 +112,14 @@ fn concat() -> String {
 }
 
 /// A source in a condition: its name, or a table with how much of it to take.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum EntrySection {
     Name(String),
     Sized(SizedEntry),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SizedEntry {
     pub source: String,
@@ -83,17 +129,29 @@ pub struct SizedEntry {
     pub prune: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A model directory or a hub id in the local Hugging Face cache.
     pub path: String,
+    /// Short name for run names and the report; default: the last part of `path`.
+    pub name: Option<String>,
     /// "auto" (f32 on CPU, bf16 on CUDA), "f32" or "bf16".
     #[serde(default = "auto")]
     pub dtype: String,
     /// "cpu" or "cuda" (or "cuda:N").
     #[serde(default = "cpu")]
     pub device: String,
+}
+
+impl ModelSection {
+    /// The model's name in run names and the report.
+    pub fn short_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let p = self.path.trim_end_matches('/');
+            p.rsplit('/').next().unwrap_or(p).to_string()
+        })
+    }
 }
 
 fn auto() -> String {
@@ -104,7 +162,7 @@ fn cpu() -> String {
 }
 
 /// Defaults are the studies' setting: rank 8, alpha 16, dropout 0.05 on q/k/v.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraSection {
     pub r: Option<usize>,
@@ -116,14 +174,14 @@ pub struct LoraSection {
     pub init_adapter: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum LrList {
     One(f64),
     Many(Vec<f64>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     /// One run per learning rate.
@@ -159,6 +217,14 @@ pub struct TrainSection {
     /// dtype of the exported adapter tensors: "f32" (default) or the training dtype ("bf16").
     #[serde(default = "f32_name")]
     pub save_dtype: String,
+    /// Save the training state (adapter, optimizer, position) every N steps, so an interrupted run resumes
+    /// there; 0 saves only at evaluations and on Ctrl-C.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+fn default_checkpoint_every() -> usize {
+    50
 }
 
 fn default_batch() -> usize {
@@ -180,7 +246,7 @@ fn f32_name() -> String {
     "f32".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSection {
     #[serde(default = "alpaca")]
@@ -202,7 +268,7 @@ fn response() -> String {
     "response".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     pub name: String,
@@ -221,13 +287,57 @@ pub struct SourceSection {
     pub languages: Option<Vec<String>>,
 }
 
+/// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
+/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`) or, when it is not one, taken as a string (`chatml`).
+pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let (key, raw) = o.split_once('=').with_context(|| format!("--set {o}: write key=value, e.g. train.epochs=1"))?;
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            bail!("--set {o}: `{key}` is not a key path like train.epochs");
+        }
+        let mut node = &mut *table;
+        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+            let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            node = entry.as_table_mut().with_context(|| format!("--set {o}: `{}` is not a table", parts[..=i].join(".")))?;
+        }
+        node.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
 impl Recipe {
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &[])
+    }
+
+    /// Loads a recipe with `--set` overrides applied before it is checked.
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))?;
+        // Parsing the text first keeps line numbers in syntax, type and unknown-key errors.
         let mut recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+        if !overrides.is_empty() {
+            let mut table: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("recipe {}: {e}", path.display()))?;
+            apply_overrides(&mut table, overrides)?;
+            recipe = Recipe::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("recipe {} with --set {}: {e}", path.display(), overrides.join(" ")))?;
+        }
         recipe.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         recipe.validate().with_context(|| format!("recipe {}", path.display()))?;
         Ok(recipe)
+    }
+
+    /// The models of the grid, `[model]` or `[[models]]`.
+    pub fn models(&self) -> Vec<ModelSection> {
+        self.model.iter().chain(&self.models).cloned().collect()
+    }
+
+    /// The training seeds of the grid.
+    pub fn train_seeds(&self) -> Vec<u64> {
+        self.seeds.clone().unwrap_or_else(|| vec![self.seed])
     }
 
     pub fn lrs(&self) -> Vec<f64> {
@@ -247,6 +357,23 @@ impl Recipe {
     }
 
     fn validate(&self) -> Result<()> {
+        match (&self.model, self.models.is_empty()) {
+            (None, true) => bail!("no model: give [model] or [[models]]"),
+            (Some(_), false) => bail!("give [model] or [[models]], not both"),
+            _ => {}
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for m in self.models() {
+            if !names.insert(m.short_name()) {
+                bail!("[[models]]: two models are named `{}`; give them distinct `name`s", m.short_name());
+            }
+        }
+        if let Some(seeds) = &self.seeds {
+            let unique: std::collections::BTreeSet<_> = seeds.iter().collect();
+            if seeds.is_empty() || unique.len() != seeds.len() {
+                bail!("seeds: give one or more distinct seeds");
+            }
+        }
         let t = &self.train;
         let lrs = self.lrs();
         if lrs.is_empty() {
@@ -295,8 +422,21 @@ impl Recipe {
         if !["error", "skip"].contains(&self.on_bad_record.as_str()) {
             bail!("on_bad_record must be \"error\" or \"skip\"");
         }
-        if !(0.0..1.0).contains(&self.eval.heldout_fraction) {
+        let e = &self.eval;
+        if !(0.0..1.0).contains(&e.heldout_fraction) {
             bail!("[eval] heldout_fraction must be in [0, 1)");
+        }
+        if e.every == EvalEvery::Steps(0) {
+            bail!("[eval] every must be \"epoch\" or a number of steps ≥ 1");
+        }
+        if !["best", "last", "all"].contains(&e.keep.as_str()) {
+            bail!("[eval] keep must be \"best\", \"last\" or \"all\", not `{}`", e.keep);
+        }
+        if e.keep != "last" && e.heldout_fraction == 0.0 {
+            bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05)", e.keep);
+        }
+        if e.batch_size == Some(0) {
+            bail!("[eval] batch_size must be at least 1");
         }
         // Expanding checks names, {lang} placeholders and references between conditions and sources.
         crate::data::pipeline::expand(self)?;

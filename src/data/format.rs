@@ -52,7 +52,7 @@ impl Format {
 }
 
 /// Logical field → key in the file.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(transparent)]
 pub struct FieldMap(pub BTreeMap<String, String>);
 

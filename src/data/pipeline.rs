@@ -135,7 +135,7 @@ fn entry(e: &EntrySection, sub: &dyn Fn(&str) -> String) -> Result<Entry> {
 }
 
 /// Bad records skipped under `on_bad_record = "skip"`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct BadRecords {
     pub count: usize,
     /// The first few, with where and what.
@@ -261,11 +261,25 @@ pub struct ConditionData {
     pub heldout: Vec<Example>,
     /// Training examples per language ("" = unlabelled).
     pub languages: BTreeMap<String, usize>,
+    /// The language of each held-out example ("" = unlabelled), for per-language held-out loss.
+    pub heldout_languages: Vec<String>,
+    /// Where the training data comes from: its distinct origins (with engine), e.g. "translated (google)".
+    pub origins: Vec<String>,
 }
 
 impl ConditionData {
     pub fn truncated(&self) -> usize {
         self.train.iter().chain(&self.heldout).filter(|e| e.truncated).count()
+    }
+}
+
+/// "native", "translated (google)", "round-trip (cohere)"; "unlabelled" when the source names no origin.
+fn origin_label(p: &Provenance) -> String {
+    match (&p.origin, &p.engine) {
+        (Some(o), Some(e)) => format!("{o} ({e})"),
+        (Some(o), None) => o.clone(),
+        (None, Some(e)) => format!("unlabelled ({e})"),
+        (None, None) => "unlabelled".into(),
     }
 }
 
@@ -283,14 +297,18 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
         let mix = mix::build(cond, &records, recipe.seed)?;
         let (train, heldout) = mix::split_heldout(mix, recipe.eval.heldout_fraction, recipe.seed, &cond.name, cond.compose != Compose::Concat)?;
         let mut languages = BTreeMap::new();
+        let mut origins = BTreeSet::new();
         for r in &train {
             *languages.entry(r.provenance.language.clone().unwrap_or_default()).or_insert(0) += 1;
+            origins.insert(origin_label(&r.provenance));
         }
         out.push(ConditionData {
             name: cond.name.clone(),
             train: encoder.encode_all(&train).with_context(|| format!("condition `{}`", cond.name))?,
             heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{}`", cond.name))?,
             languages,
+            heldout_languages: heldout.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
+            origins: origins.into_iter().collect(),
         });
     }
     Ok((out, bad))

@@ -1,0 +1,396 @@
+//! `trainer run` and `trainer plan`: a recipe's grid — models × conditions × learning rates × seeds — expanded
+//! into named runs, each trained in its own folder. Finished runs are skipped, interrupted ones resume, failed
+//! ones are recorded and the sweep goes on; it ends with the report.
+
+pub mod plots;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod state;
+
+use crate::data::batch::Example;
+use crate::data::mix::stable_hash;
+use crate::data::pipeline::{self, BadRecords, ConditionData};
+use crate::data::TrainOn;
+use crate::recipe::{ModelSection, Recipe};
+use crate::session::{ModelText, Session};
+use anyhow::{bail, Context, Result};
+use progress::{Mode, Progress};
+use run::{RunInput, RunSummary};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by Ctrl-C: the current run saves a checkpoint after its step and the sweep stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The error of a run stopped by Ctrl-C, after its checkpoint was saved.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub run: String,
+    pub step: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted: {} saved its state after step {}; run the same command again to resume", self.run, self.step)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Ctrl-C once: finish the step, save, stop. Twice: stop at once.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to stop at once)");
+    });
+}
+
+/// What the command line adds to a recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub output_dir: Option<PathBuf>,
+    pub data_root: Option<PathBuf>,
+    /// `--set key=value`.
+    pub overrides: Vec<String>,
+    /// `--model`: train this model instead of the recipe's (a path relative to the working directory, or a hub id).
+    pub model: Option<String>,
+    /// `--device`: for every model.
+    pub device: Option<String>,
+    /// `--shard i/n`: only runs i, i+n, i+2n, … (0-based) of the grid.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Parses `--shard i/n`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok((i, n)),
+        _ => bail!("--shard {s}: write i/n with 0 ≤ i < n, e.g. 0/4 (the first of four shards)"),
+    }
+}
+
+/// Loads the recipe with the command line's changes.
+pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
+    let mut recipe = Recipe::load_with(path, &opts.overrides)?;
+    if let Some(dir) = &opts.output_dir {
+        recipe.output_dir = dir.clone();
+    }
+    if let Some(m) = &opts.model {
+        // A path given on the command line is relative to the working directory, not to the recipe.
+        let path = if Path::new(m).exists() { std::fs::canonicalize(m).with_context(|| format!("--model {m}"))?.to_string_lossy().into_owned() } else { m.clone() };
+        let template = recipe.models().into_iter().next().expect("validated: at least one model");
+        recipe.model = Some(ModelSection { path, name: None, ..template });
+        recipe.models.clear();
+    }
+    if let Some(d) = &opts.device {
+        for m in recipe.model.iter_mut().chain(recipe.models.iter_mut()) {
+            m.device = d.clone();
+        }
+    }
+    Ok(recipe)
+}
+
+/// One cell of the grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridRun {
+    pub name: String,
+    pub model: usize,
+    pub condition: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+/// The grid in a fixed order (model, condition, lr, seed). Names carry the model only when there are several
+/// models and the seed only when there are several seeds, so a one-model study keeps `<condition>-lr<lr>`.
+pub fn grid(recipe: &Recipe, conditions: &[String]) -> Vec<GridRun> {
+    let models = recipe.models();
+    let seeds = recipe.train_seeds();
+    let mut out = Vec::new();
+    for (mi, m) in models.iter().enumerate() {
+        for (ci, c) in conditions.iter().enumerate() {
+            for lr in recipe.lrs() {
+                for &seed in &seeds {
+                    let mut name = String::new();
+                    if models.len() > 1 {
+                        name.push_str(&m.short_name());
+                        name.push('-');
+                    }
+                    name.push_str(&format!("{c}-lr{}", crate::train::lr_label(lr)));
+                    if seeds.len() > 1 {
+                        name.push_str(&format!("-seed{seed}"));
+                    }
+                    out.push(GridRun { name, model: mi, condition: ci, lr, seed });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A run as `trainer plan` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    pub run: String,
+    pub model: String,
+    pub condition: String,
+    pub lr: f64,
+    pub seed: u64,
+    pub train_examples: usize,
+    pub heldout_examples: usize,
+    pub train_target_tokens: usize,
+    pub heldout_target_tokens: usize,
+    pub truncated_examples: usize,
+    /// Sequences per epoch: the training examples, or fewer with packing.
+    pub train_sequences: usize,
+    /// Optimizer steps the run will take.
+    pub steps: usize,
+    /// Training examples per language.
+    pub languages: std::collections::BTreeMap<String, usize>,
+    pub origins: Vec<String>,
+}
+
+/// What training iterates over: the examples, or them packed into sequences.
+fn sequences(recipe: &Recipe, examples: &[Example]) -> Vec<Example> {
+    if recipe.train.packing {
+        crate::data::batch::pack(examples, recipe.train.max_seq_len)
+    } else {
+        examples.to_vec()
+    }
+}
+
+fn target_tokens(examples: &[Example]) -> usize {
+    examples.iter().map(Example::target_tokens).sum()
+}
+
+fn total_steps(recipe: &Recipe, sequences: usize) -> usize {
+    let t = &recipe.train;
+    t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * sequences.div_ceil(t.batch_size))
+}
+
+fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData, train_sequences: usize) -> PlannedRun {
+    PlannedRun {
+        run: g.name.clone(),
+        model: model.short_name(),
+        condition: c.name.clone(),
+        lr: g.lr,
+        seed: g.seed,
+        train_examples: c.train.len(),
+        heldout_examples: c.heldout.len(),
+        train_target_tokens: target_tokens(&c.train),
+        heldout_target_tokens: target_tokens(&c.heldout),
+        truncated_examples: c.truncated(),
+        train_sequences,
+        steps: total_steps(recipe, train_sequences),
+        languages: c.languages.clone(),
+        origins: c.origins.clone(),
+    }
+}
+
+/// The data of one model's runs: its tokenizer decides the examples.
+fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, BadRecords)> {
+    let expanded = pipeline::expand_with_root(recipe, data_root)?;
+    let encoder = text.encoder(&recipe.template.name, recipe.train.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
+    pipeline::load(recipe, &expanded, &encoder)
+}
+
+fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<String>> {
+    Ok(pipeline::expand_with_root(recipe, data_root)?.conditions.into_iter().map(|c| c.name).collect())
+}
+
+/// Expands the recipe and its data without training: what `trainer plan` shows.
+pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun>, BadRecords)> {
+    let recipe = load_recipe(recipe_path, opts)?;
+    let models = recipe.models();
+    let runs = shard(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts.shard);
+    let mut out = Vec::new();
+    let mut bad = BadRecords::default();
+    for (mi, model) in models.iter().enumerate() {
+        let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
+        let (conditions, b) = load_conditions(&recipe, &text, opts.data_root.as_deref())?;
+        if mi == 0 || bad.count == 0 {
+            bad = b;
+        }
+        for g in mine {
+            let c = &conditions[g.condition];
+            out.push(planned(&recipe, g, model, c, sequences(&recipe, &c.train).len()));
+        }
+    }
+    Ok((out, bad))
+}
+
+fn shard(runs: Vec<GridRun>, shard: Option<(usize, usize)>) -> Vec<GridRun> {
+    match shard {
+        None => runs,
+        Some((i, n)) => runs.into_iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, g)| g).collect(),
+    }
+}
+
+/// The settings a run's result depends on. A finished run is skipped, and a checkpoint resumed, only when the
+/// fingerprint matches: changing the recipe under an output folder never mixes old and new results silently.
+fn fingerprint(recipe: &Recipe, model: &ModelSection, c: &ConditionData, g: &GridRun) -> String {
+    let mut train = serde_json::to_value(&recipe.train).expect("serializable");
+    train["lr"] = serde_json::json!(g.lr);
+    train["checkpoint_every"] = serde_json::Value::Null;
+    let what = serde_json::json!({
+        "model": model.path,
+        "condition": c.name,
+        "seed": g.seed,
+        "data_seed": recipe.seed,
+        "lora": recipe.lora,
+        "train": train,
+        "template": recipe.template,
+        "eval": recipe.eval,
+        "train_examples": c.train.len(),
+        "train_target_tokens": target_tokens(&c.train),
+        "heldout_examples": c.heldout.len(),
+        "heldout_target_tokens": target_tokens(&c.heldout),
+    });
+    format!("{:016x}", stable_hash(&[&what.to_string()]))
+}
+
+/// How a sweep ended.
+pub struct SweepOutcome {
+    pub summaries: Vec<RunSummary>,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// Runs the recipe's grid (or this shard of it), then writes the report over everything finished in the output
+/// folder. Errors only for problems with the recipe itself or Ctrl-C; failed runs are in the outcome.
+pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<SweepOutcome> {
+    let recipe = load_recipe(recipe_path, opts)?;
+    let models = recipe.models();
+    let runs = shard(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts.shard);
+    std::fs::create_dir_all(&recipe.output_dir).with_context(|| format!("cannot create {}", recipe.output_dir.display()))?;
+    let mut progress = Progress::new(mode, runs.len());
+    let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0 };
+    for (mi, model) in models.iter().enumerate() {
+        let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
+        let (session, conditions, bad) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                // The model or its data could not be loaded: every run of it fails with that error.
+                let error = format!("{e:#}");
+                for g in mine {
+                    let dir = recipe.output_dir.join(&g.name);
+                    let summary = RunSummary { run: g.name.clone(), status: "failed".into(), error: Some(error.clone()), model: model.short_name(), model_path: model.path.clone(), lr: g.lr, seed: g.seed, ..Default::default() };
+                    write_failed(&dir, &summary)?;
+                    progress.run_failed(&g.name, &error);
+                    outcome.failed += 1;
+                    outcome.summaries.push(summary);
+                }
+                continue;
+            }
+        };
+        let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(&recipe, &c.train)).collect();
+        for g in mine {
+            let c = &conditions[g.condition];
+            let input = RunInput {
+                recipe: &recipe,
+                session: &session,
+                model,
+                cond: c,
+                train_seqs: &seqs[g.condition],
+                name: &g.name,
+                lr: g.lr,
+                seed: g.seed,
+                fingerprint: fingerprint(&recipe, model, c, g),
+                dir: recipe.output_dir.join(&g.name),
+                bad: &bad,
+            };
+            match earlier(&input.dir, &input.fingerprint) {
+                Earlier::Finished(done) => {
+                    progress.run_skipped(&g.name, "finished earlier");
+                    outcome.skipped += 1;
+                    outcome.summaries.push(*done);
+                    continue;
+                }
+                Earlier::OtherSettings => {
+                    // Its results stay as they are: nothing is written into that folder.
+                    let error = format!("{} holds a finished run with other settings; delete it or use another output_dir", input.dir.display());
+                    progress.run_failed(&g.name, &error);
+                    outcome.failed += 1;
+                    outcome.summaries.push(RunSummary { status: "failed".into(), error: Some(error), ..input.summary() });
+                    continue;
+                }
+                Earlier::None => {}
+            }
+            match run::execute(&input, &mut progress) {
+                Ok(summary) => {
+                    progress.run_finished(&summary);
+                    outcome.summaries.push(summary);
+                }
+                Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+                    progress.finish();
+                    report::write(&recipe.output_dir).ok();
+                    return Err(e);
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    let summary = RunSummary { status: "failed".into(), error: Some(error.clone()), ..input.summary() };
+                    write_failed(&input.dir, &summary)?;
+                    progress.run_failed(&g.name, &error);
+                    outcome.failed += 1;
+                    outcome.summaries.push(summary);
+                }
+            }
+        }
+    }
+    progress.finish();
+    let written = report::write(&recipe.output_dir)?;
+    progress.message(&format!("report: {}", written.display()));
+    Ok(outcome)
+}
+
+fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<(Session, Vec<ConditionData>, BadRecords)> {
+    let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
+    let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
+    let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
+    let (conditions, bad) = load_conditions(recipe, &session.text, data_root)?;
+    if bad.count > 0 {
+        progress.message(&format!("skipped {} bad record(s) (on_bad_record = \"skip\"); the first: {}", bad.count, bad.first.join("; ")));
+    }
+    progress.message(&format!(
+        "model {} ({}, {} layers) on {device:?}/{dtype:?}: {}",
+        session.text.files.dir.display(),
+        session.model.cfg.architecture,
+        session.model.cfg.num_layers,
+        conditions.iter().map(|c| format!("{} {}+{}", c.name, c.train.len(), c.heldout.len())).collect::<Vec<_>>().join(", ")
+    ));
+    Ok((session, conditions, bad))
+}
+
+enum Earlier {
+    None,
+    Finished(Box<RunSummary>),
+    OtherSettings,
+}
+
+/// What a run's folder holds from earlier sweeps: a finished run with these settings (skip it), one with other
+/// settings (refuse to mix), or nothing finished (train, resuming from a checkpoint if there is one).
+fn earlier(dir: &Path, fingerprint: &str) -> Earlier {
+    let Some(s) = std::fs::read_to_string(dir.join("run.json")).ok().and_then(|t| serde_json::from_str::<RunSummary>(&t).ok()) else { return Earlier::None };
+    match (s.status == "ok", s.fingerprint == fingerprint, dir.join("adapter/adapter_model.safetensors").is_file()) {
+        (true, true, true) => Earlier::Finished(Box::new(s)),
+        (true, false, _) => Earlier::OtherSettings,
+        _ => Earlier::None,
+    }
+}
+
+fn write_failed(dir: &Path, summary: &RunSummary) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::fsutil::write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(summary)?.as_bytes())
+}

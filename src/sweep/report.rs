@@ -1,0 +1,217 @@
+//! The sweep's report, rebuilt from whatever runs in an output folder have a run.json (so shards and partial
+//! sweeps merge): `report.csv` (one row per run), `report.md` (the native vs translated vs round-trip
+//! comparison per language and learning rate, every run, failures) and `plots/<condition>.svg` (training and
+//! held-out loss curves).
+
+use super::run::RunSummary;
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Reads every `<dir>/*/run.json`, sorted by run name.
+pub fn collect(dir: &Path) -> Result<Vec<RunSummary>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for e in entries.flatten() {
+        let p = e.path().join("run.json");
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            out.push(serde_json::from_str::<RunSummary>(&text).with_context(|| format!("{} is not a run summary", p.display()))?);
+        }
+    }
+    out.sort_by(|a, b| a.run.cmp(&b.run));
+    Ok(out)
+}
+
+/// Writes report.md, report.csv and the plots into `dir`; returns the path of report.md.
+pub fn write(dir: &Path) -> Result<PathBuf> {
+    let runs = collect(dir)?;
+    if runs.is_empty() {
+        anyhow::bail!("{} holds no runs (no */run.json)", dir.display());
+    }
+    crate::fsutil::write_atomic(&dir.join("report.csv"), csv(&runs).as_bytes())?;
+    let plots = super::plots::write(dir, &runs)?;
+    let md = markdown(&runs, &plots);
+    let path = dir.join("report.md");
+    crate::fsutil::write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+fn languages(runs: &[RunSummary]) -> Vec<String> {
+    let set: BTreeSet<String> = runs.iter().filter_map(|r| r.heldout.as_ref()).flat_map(|h| h.languages.keys().filter(|l| !l.is_empty()).cloned()).collect();
+    set.into_iter().collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn num(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite()).map(|v| format!("{v}")).unwrap_or_default()
+}
+
+pub fn csv(runs: &[RunSummary]) -> String {
+    let langs = languages(runs);
+    let mut header = vec!["run", "status", "model", "condition", "languages", "origins", "lr", "seed", "steps", "best_step", "best_epoch", "heldout_loss", "heldout_perplexity"].into_iter().map(String::from).collect::<Vec<_>>();
+    for l in &langs {
+        header.push(format!("heldout_loss_{l}"));
+        header.push(format!("heldout_perplexity_{l}"));
+    }
+    header.extend(["train_examples", "train_tokens", "final_train_loss", "seconds", "error"].map(String::from));
+    let mut out = header.join(",") + "\n";
+    for r in runs {
+        let h = r.heldout.as_ref();
+        let mut row = vec![
+            csv_field(&r.run),
+            r.status.clone(),
+            csv_field(&r.model),
+            csv_field(&r.condition),
+            csv_field(&r.languages.join("+")),
+            csv_field(&r.origins.join("+")),
+            format!("{:e}", r.lr),
+            r.seed.to_string(),
+            r.steps.to_string(),
+            r.best.as_ref().map(|b| b.step.to_string()).unwrap_or_default(),
+            r.best.as_ref().map(|b| b.epoch.to_string()).unwrap_or_default(),
+            num(h.map(|h| h.loss)),
+            num(h.map(|h| h.perplexity)),
+        ];
+        for l in &langs {
+            let x = h.and_then(|h| h.languages.get(l));
+            row.push(num(x.map(|x| x.loss)));
+            row.push(num(x.map(|x| x.perplexity)));
+        }
+        row.extend([r.train_examples.to_string(), r.train_tokens.to_string(), num(Some(r.final_loss)), format!("{:.1}", r.seconds), csv_field(r.error.as_deref().unwrap_or(""))]);
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Mean and, over several seeds, the sample standard deviation.
+fn mean_sd(xs: &[f64]) -> String {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return format!("{mean:.2}");
+    }
+    let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    format!("{mean:.2} ± {sd:.2} (n={})", xs.len())
+}
+
+fn origin_of(r: &RunSummary) -> String {
+    if r.origins.is_empty() {
+        "?".into()
+    } else {
+        r.origins.join(" + ")
+    }
+}
+
+pub fn markdown(runs: &[RunSummary], plots: &[(String, PathBuf)]) -> String {
+    let ok: Vec<&RunSummary> = runs.iter().filter(|r| r.status == "ok").collect();
+    let failed: Vec<&RunSummary> = runs.iter().filter(|r| r.status != "ok").collect();
+    let mut md = String::from("# Sweep report\n\n");
+    let _ = writeln!(md, "{} runs: {} finished, {} failed. Rebuild with `trainer report <dir>`.\n", runs.len(), ok.len(), failed.len());
+
+    // The comparison: for each model and lr, one row per language and one column per origin, held-out
+    // perplexity of that language (of the adapter kept), over single-language conditions.
+    let mono: Vec<&&RunSummary> = ok.iter().filter(|r| r.languages.len() == 1 && r.heldout.is_some()).collect();
+    if !mono.is_empty() {
+        md.push_str("## Held-out perplexity: native vs translated vs round-trip\n\n");
+        md.push_str("Each cell: perplexity on the run's own held-out share of that language (lower is better), for the adapter kept; mean ± sd over seeds when there are several.\n\n");
+        let groups: BTreeSet<(String, String)> = mono.iter().map(|r| (r.model.clone(), format!("{:e}", r.lr))).collect();
+        for (model, lr) in groups {
+            let cell_runs: Vec<&&&RunSummary> = mono.iter().filter(|r| r.model == model && format!("{:e}", r.lr) == lr).collect();
+            let origins: BTreeSet<String> = cell_runs.iter().map(|r| origin_of(r)).collect();
+            let langs: BTreeSet<String> = cell_runs.iter().map(|r| r.languages[0].clone()).collect();
+            let _ = writeln!(md, "### {model}, lr {lr}\n");
+            let _ = writeln!(md, "| language | {} |", origins.iter().cloned().collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(md, "|---|{}", "---|".repeat(origins.len()));
+            for l in &langs {
+                let mut row = format!("| {l} |");
+                for o in &origins {
+                    let xs: Vec<f64> = cell_runs
+                        .iter()
+                        .filter(|r| &r.languages[0] == l && &origin_of(r) == o)
+                        .filter_map(|r| r.heldout.as_ref().and_then(|h| h.languages.get(l).map(|x| x.perplexity)))
+                        .collect();
+                    let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
+                }
+                md.push_str(&row);
+                md.push('\n');
+            }
+            md.push('\n');
+        }
+    }
+
+    let multi: Vec<&&RunSummary> = ok.iter().filter(|r| r.languages.len() > 1 && r.heldout.is_some()).collect();
+    if !multi.is_empty() {
+        let langs: BTreeSet<String> = multi.iter().flat_map(|r| r.languages.clone()).collect();
+        md.push_str("## Multilingual mixes: held-out perplexity per language\n\n");
+        let _ = writeln!(md, "| run | origins | {} | all |", langs.iter().cloned().collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(langs.len()));
+        for r in multi {
+            let h = r.heldout.as_ref().expect("filtered");
+            let cells: Vec<String> = langs.iter().map(|l| h.languages.get(l).map(|x| format!("{:.2}", x.perplexity)).unwrap_or_else(|| "–".into())).collect();
+            let _ = writeln!(md, "| {} | {} | {} | {:.2} |", r.run, origin_of(r), cells.join(" | "), h.perplexity);
+        }
+        md.push('\n');
+    }
+
+    md.push_str("## Runs\n\n| run | model | condition | origin | lr | seed | steps | best step (epoch) | held-out loss | held-out ppl | final train loss | train tokens | time |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in &ok {
+        let best = r.best.as_ref().map(|b| format!("{} ({})", b.step, b.epoch)).unwrap_or_else(|| "–".into());
+        let (hl, hp) = r.heldout.as_ref().map(|h| (format!("{:.4}", h.loss), format!("{:.2}", h.perplexity))).unwrap_or(("–".into(), "–".into()));
+        let _ = writeln!(md, "| {} | {} | {} | {} | {:e} | {} | {} | {best} | {hl} | {hp} | {:.4} | {} | {:.0} s |", r.run, r.model, r.condition, origin_of(r), r.lr, r.seed, r.steps, r.final_loss, r.train_tokens, r.seconds);
+    }
+    md.push('\n');
+    if !failed.is_empty() {
+        md.push_str("## Failed runs\n\n");
+        for r in &failed {
+            let _ = writeln!(md, "- **{}**: {}", r.run, r.error.as_deref().unwrap_or("unknown error").replace('\n', " "));
+        }
+        md.push('\n');
+    }
+    if !plots.is_empty() {
+        md.push_str("## Loss curves\n\nTraining loss (lines) and held-out loss (points) per step.\n\n");
+        for (condition, path) in plots {
+            let _ = writeln!(md, "### {condition}\n\n![{condition}]({})\n", path.display());
+        }
+    }
+    md
+}
+
+/// A run's metrics.jsonl: (step, training loss) and (step, held-out loss).
+pub fn curves(run_dir: &Path) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    let (mut train, mut heldout) = (Vec::new(), Vec::new());
+    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else { return (train, heldout) };
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let (Some(step), Some(loss)) = (v["step"].as_f64(), v["loss"].as_f64()) else { continue };
+        if !loss.is_finite() {
+            continue;
+        }
+        if v["kind"] == "eval" {
+            heldout.push((step, loss));
+        } else {
+            train.push((step, loss));
+        }
+    }
+    (train, heldout)
+}
+
+/// Runs grouped by condition (and model, when there are several).
+pub fn by_condition(runs: &[RunSummary]) -> BTreeMap<String, Vec<&RunSummary>> {
+    let models: BTreeSet<&str> = runs.iter().map(|r| r.model.as_str()).collect();
+    let mut out: BTreeMap<String, Vec<&RunSummary>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.status == "ok") {
+        let key = if models.len() > 1 { format!("{}-{}", r.model, r.condition) } else { r.condition.clone() };
+        out.entry(key).or_default().push(r);
+    }
+    out
+}

@@ -1,0 +1,289 @@
+//! One run of a sweep: train with evaluations on the held-out share, keep the best / last / every adapter,
+//! write metrics.jsonl and metrics.csv, checkpoint so an interruption resumes exactly, and end with run.json.
+
+use super::progress::Progress;
+use super::state::{self, Position};
+use super::{Interrupted, INTERRUPTED};
+use crate::data::batch::Example;
+use crate::data::pipeline::{BadRecords, ConditionData};
+use crate::eval::HeldoutResult;
+use crate::optim::{AdamWConfig, Schedule};
+use crate::recipe::{EvalEvery, ModelSection, Recipe};
+use crate::session::Session;
+use crate::train::{initial_adapter, TrainPlan, Trainer};
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The evaluation whose adapter `keep = "best"` exports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Best {
+    pub step: usize,
+    pub epoch: usize,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
+    pub loss: f64,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
+    pub perplexity: f64,
+}
+
+/// `<run>/run.json`: what the report is built from. Failed runs have `status = "failed"` and `error`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub model: String,
+    pub model_path: String,
+    pub condition: String,
+    /// Languages of the training data.
+    pub languages: Vec<String>,
+    /// Origins of the training data ("native", "translated (google)", ...).
+    pub origins: Vec<String>,
+    pub lr: f64,
+    pub seed: u64,
+    pub fingerprint: String,
+    pub steps: usize,
+    pub train_examples: usize,
+    pub heldout_examples: usize,
+    pub truncated_examples: usize,
+    /// Target tokens trained on, over all steps.
+    pub train_tokens: usize,
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
+    pub final_loss: f64,
+    /// Held-out results of the exported adapter (the best or the last evaluation).
+    pub heldout: Option<HeldoutResult>,
+    pub best: Option<Best>,
+    pub keep: String,
+    /// The exported adapter, relative to the run directory.
+    pub adapter: Option<PathBuf>,
+    pub seconds: f64,
+    pub device: String,
+    pub dtype: String,
+    pub bad_records: Option<BadRecords>,
+}
+
+/// Everything a run needs.
+pub struct RunInput<'a> {
+    pub recipe: &'a Recipe,
+    pub session: &'a Session,
+    pub model: &'a ModelSection,
+    pub cond: &'a ConditionData,
+    pub train_seqs: &'a [Example],
+    pub name: &'a str,
+    pub lr: f64,
+    pub seed: u64,
+    pub fingerprint: String,
+    pub dir: PathBuf,
+    pub bad: &'a BadRecords,
+}
+
+impl RunInput<'_> {
+    /// The summary fields known before training.
+    pub fn summary(&self) -> RunSummary {
+        let c = self.cond;
+        RunSummary {
+            run: self.name.to_string(),
+            model: self.model.short_name(),
+            model_path: self.model.path.clone(),
+            condition: c.name.clone(),
+            languages: c.languages.keys().filter(|l| !l.is_empty()).cloned().collect(),
+            origins: c.origins.clone(),
+            lr: self.lr,
+            seed: self.seed,
+            fingerprint: self.fingerprint.clone(),
+            train_examples: c.train.len(),
+            heldout_examples: c.heldout.len(),
+            truncated_examples: c.truncated(),
+            keep: self.recipe.eval.keep.clone(),
+            device: format!("{:?}", self.session.model.device),
+            dtype: format!("{:?}", self.session.model.dtype),
+            bad_records: Some(self.bad.clone()),
+            final_loss: f64::NAN,
+            ..Default::default()
+        }
+    }
+}
+
+fn write_jsonl(path: &Path, lines: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes())
+}
+
+/// metrics.csv: one row per training step, and per evaluation one row for all languages and one per language.
+pub fn metrics_csv(history: &[Value]) -> String {
+    let mut out = String::from("kind,step,epoch,language,loss,perplexity,lr,grad_norm,tokens,seconds\n");
+    let num = |v: &Value, k: &str| v.get(k).map(|x| if x.is_null() { String::new() } else { x.to_string() }).unwrap_or_default();
+    for h in history {
+        let (step, epoch) = (num(h, "step"), num(h, "epoch"));
+        if h["kind"] == "train" {
+            let ppl = h["loss"].as_f64().map(|l| l.exp().to_string()).unwrap_or_default();
+            out.push_str(&format!("train,{step},{epoch},,{},{ppl},{},{},{},{}\n", num(h, "loss"), num(h, "lr"), num(h, "grad_norm"), num(h, "tokens"), num(h, "seconds")));
+        } else {
+            out.push_str(&format!("eval,{step},{epoch},all,{},{},,,{},\n", num(h, "loss"), num(h, "perplexity"), num(h, "tokens")));
+            if let Some(langs) = h["languages"].as_object() {
+                for (lang, r) in langs {
+                    out.push_str(&format!("eval,{step},{epoch},{lang},{},{},,,{},\n", num(r, "loss"), num(r, "perplexity"), num(r, "tokens")));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn is_eval_point(every: EvalEvery, step: usize, steps_per_epoch: usize, total: usize) -> bool {
+    step == total
+        || match every {
+            EvalEvery::Steps(n) => step.is_multiple_of(n),
+            EvalEvery::Named(_) => step.is_multiple_of(steps_per_epoch),
+        }
+}
+
+/// Trains one run to the end (resuming from its checkpoint when there is one) and writes its files.
+/// Returns `Interrupted` (after saving a checkpoint) when Ctrl-C was pressed.
+pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> {
+    let (recipe, session, t) = (input.recipe, input.session, &input.recipe.train);
+    let model = &session.model;
+    let dir = &input.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = json!({
+        "run": input.name,
+        "fingerprint": input.fingerprint,
+        "trainer": { "version": env!("CARGO_PKG_VERSION"), "git": env!("TRAINER_GIT"), "candle": crate::CANDLE_VERSION },
+        "model": input.model,
+        "model_dir": session.text.files.dir,
+        "device": format!("{:?}", model.device),
+        "dtype": format!("{:?}", model.dtype),
+        "condition": input.cond.name,
+        "lr": input.lr,
+        "seed": input.seed,
+        "recipe": recipe,
+    });
+    crate::fsutil::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+
+    let mut adapter = initial_adapter(recipe, model, input.seed)?;
+    let micro = t.micro_batch_size.unwrap_or(t.batch_size);
+    let steps_per_epoch = input.train_seqs.len().div_ceil(t.batch_size);
+    let total_steps = t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
+    let plan = TrainPlan {
+        lr: input.lr,
+        total_steps,
+        batch_size: t.batch_size,
+        micro_batch_size: micro,
+        schedule: Schedule::parse(&t.scheduler)?,
+        warmup_steps: t.warmup_steps,
+        adamw: AdamWConfig { weight_decay: t.weight_decay, ..Default::default() },
+        max_grad_norm: t.max_grad_norm,
+        shuffle: t.shuffle,
+        seed: input.seed,
+        dropout: adapter.spec.dropout,
+        recompute: t.gradient_checkpointing,
+        group_by_length: t.group_by_length,
+    };
+    let mut trainer = Trainer::new(model, &adapter, input.train_seqs, plan, session.text.pad_id)?;
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let mut position = Position { fingerprint: input.fingerprint.clone(), step: 0, adam_step: 0, history: Vec::new(), best: None, seconds: 0.0 };
+    if checkpoint.is_file() {
+        let saved = state::read_position(&checkpoint)?;
+        if saved.fingerprint != input.fingerprint {
+            bail!("{} was saved by a run with other settings; delete it (or the run's folder) to start over, or use another output_dir", checkpoint.display());
+        }
+        position = state::load(&checkpoint, &mut adapter, &mut trainer.opt, &model.device)?;
+        trainer.step = position.step;
+    }
+    let metrics_path = dir.join("metrics.jsonl");
+    write_jsonl(&metrics_path, &position.history)?;
+    let mut live = std::fs::OpenOptions::new().append(true).open(&metrics_path).with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    progress.run_started(input.name, total_steps, trainer.step);
+    if trainer.step > 0 {
+        progress.message(&format!("{}: resuming after step {} of {total_steps} from {}", input.name, trainer.step, checkpoint.display()));
+    }
+
+    let started = Instant::now();
+    let prior_seconds = position.seconds;
+    let save_dtype = if t.save_dtype == "bf16" { DType::BF16 } else { DType::F32 };
+    let keep = recipe.eval.keep.as_str();
+    let eval_batch = recipe.eval.batch_size.unwrap_or(micro);
+    let has_heldout = !input.cond.heldout.is_empty();
+    let mut last_eval: Option<HeldoutResult> = None;
+    let mut final_loss = position.history.iter().rev().find(|h| h["kind"] == "train").and_then(|h| h["loss"].as_f64()).unwrap_or(f64::NAN);
+    while !trainer.done() {
+        let m = trainer.step(&mut adapter)?;
+        final_loss = m.loss;
+        let mut line = serde_json::to_value(&m)?;
+        line["kind"] = json!("train");
+        writeln!(live, "{line}")?;
+        position.history.push(line);
+        progress.step(input.name, &m);
+        let mut save_state = t.checkpoint_every > 0 && m.step.is_multiple_of(t.checkpoint_every);
+        if has_heldout && is_eval_point(recipe.eval.every, m.step, steps_per_epoch, total_steps) {
+            let r = crate::eval::evaluate_by_language(model, Some(&adapter), &input.cond.heldout, &input.cond.heldout_languages, eval_batch, session.text.pad_id)?;
+            let mut line = serde_json::to_value(&r)?;
+            line["kind"] = json!("eval");
+            line["step"] = json!(m.step);
+            line["epoch"] = json!(m.epoch);
+            writeln!(live, "{line}")?;
+            position.history.push(line);
+            progress.eval(input.name, m.step, &r);
+            if keep == "all" {
+                adapter.save_peft(&dir.join("adapters").join(format!("step-{}", m.step)), &input.model.path, save_dtype)?;
+            }
+            if keep == "best" && position.best.as_ref().is_none_or(|b| r.loss < b.loss) {
+                adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
+                position.best = Some(Best { step: m.step, epoch: m.epoch, loss: r.loss, perplexity: r.perplexity });
+            }
+            last_eval = Some(r);
+            save_state = true;
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if (save_state || interrupted) && !trainer.done() {
+            position.step = trainer.step;
+            position.adam_step = trainer.opt.state().0;
+            position.seconds = prior_seconds + started.elapsed().as_secs_f64();
+            state::save(&checkpoint, &adapter, &trainer.opt, &position)?;
+        }
+        if interrupted && !trainer.done() {
+            return Err(Interrupted { run: input.name.to_string(), step: trainer.step }.into());
+        }
+    }
+    drop(live);
+
+    // A resumed run evaluated its best before the interruption; its held-out numbers come from the history.
+    let evals: Vec<HeldoutResult> = position.history.iter().filter(|h| h["kind"] == "eval").filter_map(|h| serde_json::from_value(h.clone()).ok()).collect();
+    let last_eval = last_eval.or_else(|| evals.last().cloned());
+    let kept_eval = match (keep, &position.best) {
+        ("best", Some(b)) => position.history.iter().filter(|h| h["kind"] == "eval" && h["step"] == b.step).find_map(|h| serde_json::from_value(h.clone()).ok()),
+        _ => last_eval.clone(),
+    };
+    if keep != "best" || position.best.is_none() {
+        adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
+    }
+    write_jsonl(&metrics_path, &position.history)?;
+    crate::fsutil::write_atomic(&dir.join("metrics.csv"), metrics_csv(&position.history).as_bytes())?;
+    let train_tokens = position.history.iter().filter(|h| h["kind"] == "train").filter_map(|h| h["tokens"].as_u64()).sum::<u64>() as usize;
+    let summary = RunSummary {
+        status: "ok".into(),
+        steps: total_steps,
+        train_tokens,
+        final_loss,
+        heldout: kept_eval,
+        best: position.best.clone(),
+        adapter: Some(PathBuf::from("adapter")),
+        seconds: prior_seconds + started.elapsed().as_secs_f64(),
+        ..input.summary()
+    };
+    crate::fsutil::write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    if checkpoint.is_file() {
+        std::fs::remove_file(&checkpoint).with_context(|| format!("cannot remove {}", checkpoint.display()))?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,296 @@
+//! Sweeps end to end through the binary: the grid, evaluations and kept adapters, the report, skipping finished
+//! runs, exact resumption after SIGKILL, Ctrl-C, failed runs, `--set` and `--shard`.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("trainer runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A small sweep on the tiny Llama: es native / translated / round-trip, held out 4 of 40, best kept.
+fn recipe(dir: &Path, extra_train: &str) -> PathBuf {
+    let r = repo();
+    let mut text = format!(
+        r#"name = "t"
+output_dir = "out"
+seed = 3
+[model]
+path = "{tiny}"
+[lora]
+dropout = 0.05
+[train]
+lr = [1e-3]
+max_steps = 6
+batch_size = 8
+micro_batch_size = 4
+max_seq_len = 128
+warmup_steps = 1
+{extra_train}
+[eval]
+heldout_fraction = 0.1
+every = 3
+keep = "best"
+"#,
+        tiny = r.join("data/tiny-llama").display(),
+    );
+    for origin in ["native", "translated", "round-trip"] {
+        let samples = r.join("data/samples");
+        text.push_str(&format!("[[sources]]\nname = \"es-{origin}\"\npath = \"{}/es-{origin}.json\"\nlanguage = \"es\"\norigin = \"{origin}\"\n", samples.display()));
+    }
+    for origin in ["native", "translated", "round-trip"] {
+        let matched = if origin == "native" { "" } else { "match_size_of = \"es-native\"\n" };
+        text.push_str(&format!("[[conditions]]\nname = \"es-{origin}\"\nsources = [\"es-{origin}\"]\n{matched}"));
+    }
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let out = dir.path().join("out");
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs = ["es-native-lr1e-3", "es-native-lr1e-4", "es-translated-lr1e-3", "es-translated-lr1e-4", "es-round-trip-lr1e-3", "es-round-trip-lr1e-4"];
+    for run in runs {
+        let d = out.join(run);
+        let s = json(&d.join("run.json"));
+        assert_eq!(s["status"], "ok", "{s}");
+        // 6 steps with evaluations after steps 3 and 6: 6 train lines and 2 eval lines.
+        let m = lines(&d.join("metrics.jsonl"));
+        assert_eq!(m.iter().filter(|l| l["kind"] == "train").count(), 6);
+        let evals: Vec<&Value> = m.iter().filter(|l| l["kind"] == "eval").collect();
+        assert_eq!(evals.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 6]);
+        assert!(evals.iter().all(|e| e["languages"]["es"]["tokens"] == e["tokens"]), "one language: its tokens are all tokens");
+        // keep = "best": the exported adapter is the evaluation with the lowest held-out loss, and run.json says which.
+        let best = evals.iter().min_by(|a, b| a["loss"].as_f64().unwrap().total_cmp(&b["loss"].as_f64().unwrap())).unwrap();
+        assert_eq!(s["best"]["step"], best["step"], "{run}");
+        assert_eq!(s["heldout"]["loss"], best["loss"]);
+        assert!(d.join("adapter/adapter_model.safetensors").is_file());
+        assert!(!d.join("checkpoint.safetensors").exists(), "a finished run leaves no checkpoint");
+        let csv = std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 6 + 2 * 2, "header, 6 steps, 2 evaluations × (all + es)");
+        let cfg = json(&d.join("config.json"));
+        assert_eq!(cfg["trainer"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(cfg["recipe"]["train"]["lr"], serde_json::json!([1e-3, 1e-4]), "the resolved recipe, --set applied");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| language | native | round-trip | translated |"), "{report}");
+    assert!(report.contains("### tiny-llama, lr 1e-3") && report.contains("### tiny-llama, lr 1e-4"), "{report}");
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7);
+    assert!(csv.lines().next().unwrap().contains("heldout_perplexity_es"));
+    for c in ["es-native", "es-translated", "es-round-trip"] {
+        let svg = std::fs::read_to_string(out.join(format!("plots/{c}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("<circle"), "{c}: training lines and held-out points");
+    }
+
+    // Again: every run is done, nothing is retrained, the adapters stay byte for byte.
+    let before = std::fs::read(out.join("es-native-lr1e-3/adapter/adapter_model.safetensors")).unwrap();
+    let mtime = std::fs::metadata(out.join("es-native-lr1e-3/run.json")).unwrap().modified().unwrap();
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("skipped (finished earlier)").count(), 6, "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(out.join("es-native-lr1e-3/run.json")).unwrap().modified().unwrap(), mtime);
+    assert_eq!(std::fs::read(out.join("es-native-lr1e-3/adapter/adapter_model.safetensors")).unwrap(), before);
+
+    // Other settings in the same folder are refused, not mixed in.
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds a finished run with other settings"), "{}", stderr(&o));
+
+    // `trainer report` rebuilds the same table from the folder.
+    let csv_before = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    std::fs::remove_file(out.join("report.csv")).unwrap();
+    let o = trainer(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The refused run (max_steps = 2) recorded nothing over the finished ones.
+    assert_eq!(std::fs::read_to_string(out.join("report.csv")).unwrap(), csv_before);
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child, what: &str) {
+    let started = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before {what}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no {what} after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn adapters_equal(a: &Path, b: &Path) {
+    let read = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(read(a) == read(b), "adapters of {} and {} differ", a.display(), b.display());
+}
+
+fn losses(run: &Path) -> Vec<(String, u64, f64)> {
+    lines(&run.join("metrics.jsonl")).iter().map(|l| (l["kind"].as_str().unwrap().to_string(), l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap())).collect()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_bit_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    // 12 steps with a checkpoint after every step, evaluations every 4; the native condition only.
+    let r = recipe(dir.path(), "checkpoint_every = 1\nshuffle = true");
+    let set = ["--set", "train.max_steps=12", "--set", "eval.every=4", "--set", "conditions=[{name = \"es-native\", sources = [\"es-native\"]}]"];
+    let whole = dir.path().join("whole");
+    let mut args = vec!["run", r.to_str().unwrap(), "--quiet", "--output-dir", whole.to_str().unwrap()];
+    args.extend(set);
+    let o = trainer(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cut = dir.path().join("cut");
+    let mut args = vec!["run", r.to_str().unwrap(), "--quiet", "--output-dir", cut.to_str().unwrap()];
+    args.extend(set);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let run = cut.join("es-native-lr1e-3");
+    // Kill it once a few steps are checkpointed, mid-run.
+    wait_for(&run.join("checkpoint.safetensors"), &mut child, "a checkpoint");
+    let started = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < 5 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!run.join("run.json").exists(), "killed before the end: the test must interrupt a run");
+    let o = trainer(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming after step"), "{}", stderr(&o));
+    adapters_equal(&whole.join("es-native-lr1e-3"), &run);
+    assert_eq!(losses(&whole.join("es-native-lr1e-3")), losses(&run), "the same losses, step for step, evaluations included");
+    let (a, b) = (json(&whole.join("es-native-lr1e-3/run.json")), json(&run.join("run.json")));
+    assert_eq!((a["best"].clone(), a["heldout"].clone()), (b["best"].clone(), b["heldout"].clone()));
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "checkpoint_every = 0");
+    let out = dir.path().join("out");
+    let args = ["run", r.to_str().unwrap(), "--quiet", "--output-dir", out.to_str().unwrap(), "--set", "train.max_steps=20", "--set", "eval.every=100"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).stderr(Stdio::piped()).spawn().unwrap();
+    let run = out.join("es-native-lr1e-3");
+    wait_for(&run.join("metrics.jsonl"), &mut child, "a metrics file");
+    let started = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < 2 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("interrupted: es-native-lr1e-3 saved its state after step"), "{}", stderr(&o));
+    assert!(run.join("checkpoint.safetensors").is_file(), "checkpoint_every = 0 still checkpoints on Ctrl-C");
+    assert!(!run.join("run.json").exists());
+    let o = trainer(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming after step"), "{}", stderr(&o));
+    assert_eq!(json(&run.join("run.json"))["status"], "ok");
+}
+
+#[test]
+fn a_diverging_run_is_recorded_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let out = dir.path().join("out");
+    // lr 1e30 sends the weights to infinity after the first update: the loss of step 2 is not finite.
+    let o = trainer(&["run", r.to_str().unwrap(), "--quiet", "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e30, 1e-3]", "--set", "train.max_steps=3", "--set", "train.max_grad_norm=0"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("3 of 6 runs failed") && e.contains("diverged"), "{e}");
+    let failed = json(&out.join("es-native-lr1e30/run.json"));
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"].as_str().unwrap().contains("diverged"), "{failed}");
+    assert_eq!(json(&out.join("es-native-lr1e-3/run.json"))["status"], "ok");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("6 runs: 3 finished, 3 failed") && report.contains("## Failed runs"), "{report}");
+}
+
+fn plan(args: &[&str]) -> Value {
+    let mut all = vec!["plan"];
+    all.extend(args);
+    all.push("--json");
+    let o = trainer(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn names(plan: &Value) -> Vec<String> {
+    plan["runs"].as_array().unwrap().iter().map(|r| r["run"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_grid_spans_models_lrs_and_seeds_and_shards_split_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let tiny = repo().join("data/tiny-llama");
+    let p = plan(&[r.to_str().unwrap(), "--set", "seeds=[1, 2]", "--set", "train.lr=[1e-4, 1e-6]"]);
+    assert_eq!(p["runs"].as_array().unwrap().len(), 3 * 2 * 2);
+    assert_eq!(names(&p)[..2], ["es-native-lr1e-4-seed1", "es-native-lr1e-4-seed2"]);
+    // [[models]] instead of [model]: the model's name leads the run name.
+    let text = std::fs::read_to_string(&r).unwrap();
+    let start = text.find("[model]").unwrap();
+    let end = text.find("[lora]").unwrap();
+    let two = format!("{}[[models]]\npath = \"{t}\"\nname = \"a\"\n[[models]]\npath = \"{t}\"\nname = \"b\"\n{}", &text[..start], &text[end..], t = tiny.display());
+    let r2 = dir.path().join("two.toml");
+    std::fs::write(&r2, two).unwrap();
+    let p = plan(&[r2.to_str().unwrap()]);
+    let all = names(&p);
+    assert_eq!(all.len(), 2 * 3);
+    assert_eq!(all[0], "a-es-native-lr1e-3");
+    assert_eq!(p["runs"][3]["model"], "b");
+    assert_eq!(p["runs"][0]["steps"], 6);
+    assert_eq!(p["runs"][0]["origins"], serde_json::json!(["native"]));
+    // Shards 0/4..3/4 partition the grid.
+    let mut sharded: Vec<String> = (0..4).flat_map(|i| names(&plan(&[r2.to_str().unwrap(), "--shard", &format!("{i}/4")]))).collect();
+    sharded.sort();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(sharded, sorted);
+    assert_eq!(names(&plan(&[r2.to_str().unwrap(), "--shard", "1/4"])), [all[1].clone(), all[5].clone()]);
+}
+
+#[test]
+fn command_line_mistakes_get_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let err = |args: &[&str]| {
+        let mut all = vec!["plan", r.to_str().unwrap()];
+        all.extend(args);
+        let o = trainer(&all);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let e = err(&["--set", "train.bogus=1"]);
+    assert!(e.contains("unknown field `bogus`") && e.contains("--set train.bogus=1"), "{e}");
+    assert!(err(&["--set", "train.epochs"]).contains("write key=value"));
+    assert!(err(&["--set", "eval.keep=sometimes"]).contains("[eval] keep must be"));
+    assert!(err(&["--set", "eval.heldout_fraction=0"]).contains("compares held-out losses"));
+    assert!(err(&["--shard", "4/4"]).contains("0 ≤ i < n"));
+    assert!(err(&["--set", "seeds=[1, 1]"]).contains("distinct seeds"));
+    let o = trainer(&["report", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds no runs"), "{}", stderr(&o));
+}
