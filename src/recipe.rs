@@ -285,6 +285,10 @@ pub struct SourceSection {
     pub fields: crate::data::format::FieldMap,
     /// Expands the source once per language, substituting `{lang}` in its name and path.
     pub languages: Option<Vec<String>>,
+    /// For files mixing languages with no language field: language by id part, e.g. `{ spa = "es" }` labels
+    /// `aya_spa_12` as es.
+    #[serde(default)]
+    pub id_languages: std::collections::BTreeMap<String, String>,
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
@@ -305,7 +309,14 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
             let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
             node = entry.as_table_mut().with_context(|| format!("--set {o}: `{}` is not a table", parts[..=i].join(".")))?;
         }
-        node.insert(parts[parts.len() - 1].to_string(), value);
+        let leaf = parts[parts.len() - 1];
+        // max_steps and epochs are alternatives: setting one replaces the other.
+        match (parts.len(), parts[0], leaf) {
+            (2, "train", "max_steps") => drop(node.remove("epochs")),
+            (2, "train", "epochs") => drop(node.remove("max_steps")),
+            _ => {}
+        }
+        node.insert(leaf.to_string(), value);
     }
     Ok(())
 }

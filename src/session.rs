@@ -70,6 +70,7 @@ impl ModelText {
             language: None,
             origin: None,
             engine: None,
+            id_languages: Default::default(),
         };
         let records = read_source(&spec, false, &mut BadRecords::default())?;
         self.encoder(template, max_seq_len, train_on)?.encode_all(&records)

@@ -294,3 +294,93 @@ fn command_line_mistakes_get_one_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("holds no runs"), "{}", stderr(&o));
 }
+
+/// Writes `n` small records in `format` at `path`, ids aligned across files ("r0", "r1", …) or, with
+/// `id_languages`, Aya-style ids carrying a language part.
+fn synthetic(path: &Path, format: trainer::data::format::Format, n: usize, id_parts: &[String]) {
+    use trainer::data::format::Format;
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            let id = if id_parts.is_empty() { format!("r{i}") } else { format!("aya_{}_{i}", id_parts[i % id_parts.len()]) };
+            let (q, a) = (format!("question {i}?"), format!("answer {i}."));
+            match format {
+                Format::Alpaca => serde_json::json!({ "instruction": q, "input": "", "output": a, "id": id }),
+                Format::Lima => serde_json::json!({ "conversations": [q, a, "and then?", "more."], "id": id }),
+                Format::UltraLink => serde_json::json!({ "data": [q, a], "id": id }),
+                other => panic!("no synthetic records for {other:?}"),
+            }
+        })
+        .collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text = if path.extension().is_some_and(|e| e == "jsonl") {
+        records.iter().map(|r| r.to_string() + "\n").collect::<String>()
+    } else {
+        serde_json::to_string(&records).unwrap()
+    };
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn every_shipped_recipe_plans() {
+    let tiny = repo().join("data/tiny-llama");
+    let tiny = tiny.to_str().unwrap();
+    // Each recipe with what its grid must hold: (recipe, extra arguments, runs with --model, conditions).
+    let cases: [(&str, &[&str], usize, usize); 5] = [
+        ("quickstart", &[], 6, 3),
+        ("native-vs-translated", &[], 30, 15),
+        ("multilingual-8", &[], 6, 3),
+        // The tiny model has no chat template: ultralink's "model" template is swapped for a built-in.
+        ("ultralink", &["--set", "template.name=chatml"], 11, 11),
+        ("polyglot-x", &[], 7 * 3, 7),
+    ];
+    for (name, extra, runs, conditions) in cases {
+        let path = repo().join(format!("recipes/{name}.toml"));
+        let recipe = trainer::recipe::Recipe::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let data = tempfile::tempdir().unwrap();
+        let expanded = trainer::data::pipeline::expand_with_root(&recipe, Some(data.path())).unwrap();
+        if name != "quickstart" {
+            for s in &expanded.sources {
+                synthetic(&s.path, s.format, 60, &s.id_languages.keys().cloned().collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(expanded.conditions.len(), conditions, "{name}");
+        let mut args = vec![path.to_str().unwrap()];
+        if name != "quickstart" {
+            args.extend(["--data-root", data.path().to_str().unwrap(), "--model", tiny, "--device", "cpu"]);
+        }
+        args.extend(extra);
+        let p = plan(&args);
+        assert_eq!(p["runs"].as_array().unwrap().len(), runs, "{name}: {p}");
+        for r in p["runs"].as_array().unwrap() {
+            assert!(r["train_examples"].as_u64().unwrap() > 0 && r["steps"].as_u64().unwrap() > 0, "{name}: {r}");
+        }
+        if name == "multilingual-8" {
+            assert_eq!(p["runs"][0]["languages"].as_object().unwrap().len(), 8, "languages read from the ids: {}", p["runs"][0]);
+        }
+        if name == "polyglot-x" {
+            let by = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap().clone();
+            let (mono, parallel, sampled) = (by("en-mono"), by("ENDEFRITES-parallel"), by("ENDEFRITES-sampled"));
+            assert_eq!(parallel["train_examples"].as_u64().unwrap(), 5 * sampled["train_examples"].as_u64().unwrap());
+            assert_eq!(sampled["languages"].as_object().unwrap().len(), 5);
+            assert_eq!(mono["train_examples"], sampled["train_examples"]);
+        }
+    }
+}
+
+#[test]
+fn the_study_recipe_plans_on_the_released_data() {
+    let shared = trainer::testing::shared_dir().join("data/good-data-or-bad-eval");
+    let path = repo().join("recipes/native-vs-translated.toml");
+    let tiny = repo().join("data/tiny-llama");
+    let p = plan(&[path.to_str().unwrap(), "--data-root", shared.to_str().unwrap(), "--model", tiny.to_str().unwrap()]);
+    let runs = p["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 15 * 2);
+    for (lang, native) in [("es", 3854), ("ru", 423), ("zh", 3944)] {
+        for origin in ["native", "cohere", "google-rt", "cohere-rt"] {
+            let r = runs.iter().find(|r| r["condition"] == format!("{lang}-{origin}")).unwrap();
+            let total = r["train_examples"].as_u64().unwrap() + r["heldout_examples"].as_u64().unwrap();
+            assert_eq!(total, native, "{lang}-{origin}: matched to the native size, 5% held out");
+        }
+    }
+    assert_eq!(p["bad_records"]["count"], 6);
+}

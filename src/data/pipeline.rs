@@ -27,6 +27,14 @@ pub struct SourceSpec {
     pub language: Option<String>,
     pub origin: Option<String>,
     pub engine: Option<String>,
+    /// Language codes by id token, for files that mix languages without a language field (Aya's `all` files:
+    /// `aya_spa_12` → `spa` → "es").
+    pub id_languages: BTreeMap<String, String>,
+}
+
+/// The language `id_languages` gives a record id: the first `_`-separated part of the id that it maps.
+fn language_from_id(id: &str, map: &BTreeMap<String, String>) -> Option<String> {
+    id.split('_').find_map(|part| map.get(part).cloned())
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +76,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
                 language: s.language.as_deref().map(sub).or_else(|| lang.cloned()),
                 origin: s.origin.clone(),
                 engine: s.engine.clone(),
+                id_languages: s.id_languages.clone(),
             });
         }
     }
@@ -172,7 +181,7 @@ pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords) -> Resul
             alpaca: p.alpaca.map(|(instruction, input)| AlpacaFields { instruction, input }),
             provenance: Provenance {
                 source: spec.name.clone(),
-                language: spec.language.clone().or(p.language),
+                language: spec.language.clone().or(p.language).or_else(|| p.id.as_deref().and_then(|id| language_from_id(id, &spec.id_languages))),
                 origin: spec.origin.clone(),
                 engine: spec.engine.clone(),
                 source_id: p.id,
