@@ -111,6 +111,14 @@ enum Command {
 }
 
 fn main() {
+    // `trainer plan | head` closes stdout early: stop quietly, as command-line tools do, instead of panicking.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        eprintln!("internal error (please report): {info}");
+    }));
     match real_main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {

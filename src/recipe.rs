@@ -56,17 +56,21 @@ pub struct EvalSection {
     /// always ends with an evaluation.
     #[serde(default)]
     pub every: EvalEvery,
-    /// Which adapters to export: "last" (default), "best" (lowest held-out loss, as the native-vs-translated
-    /// study keeps the best of its epochs) or "all" (one per evaluation, plus the last).
+    /// Which adapters to export: "last" (default), "best" (lowest held-out loss — of the held-out share, or
+    /// without one of the first of `sets` —, as the native-vs-translated study keeps the best of its epochs) or "all" (one per evaluation, plus the last).
     #[serde(default = "last")]
     pub keep: String,
     /// Sequences per evaluation forward; default: the training micro-batch size.
     pub batch_size: Option<usize>,
+    /// Sources evaluated in full for every run at every evaluation (never trained on): shared test sets, so that
+    /// conditions are compared on the same data (e.g. each language's native test set).
+    #[serde(default)]
+    pub sets: Vec<String>,
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        Self { heldout_fraction: 0.0, every: EvalEvery::default(), keep: last(), batch_size: None }
+        Self { heldout_fraction: 0.0, every: EvalEvery::default(), keep: last(), batch_size: None, sets: Vec::new() }
     }
 }
 
@@ -443,14 +447,15 @@ impl Recipe {
         if !["best", "last", "all"].contains(&e.keep.as_str()) {
             bail!("[eval] keep must be \"best\", \"last\" or \"all\", not `{}`", e.keep);
         }
-        if e.keep != "last" && e.heldout_fraction == 0.0 {
-            bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05)", e.keep);
+        if e.keep != "last" && e.heldout_fraction == 0.0 && e.sets.is_empty() {
+            bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05) or sets", e.keep);
         }
         if e.batch_size == Some(0) {
             bail!("[eval] batch_size must be at least 1");
         }
         // Expanding checks names, {lang} placeholders and references between conditions and sources.
-        crate::data::pipeline::expand(self)?;
+        let expanded = crate::data::pipeline::expand(self)?;
+        crate::data::pipeline::check_eval_sets(self, &expanded)?;
         Ok(())
     }
 }

@@ -56,6 +56,7 @@ keep = "best"
         let samples = r.join("data/samples");
         text.push_str(&format!("[[sources]]\nname = \"es-{origin}\"\npath = \"{}/es-{origin}.json\"\nlanguage = \"es\"\norigin = \"{origin}\"\n", samples.display()));
     }
+    text.push_str(&format!("[[sources]]\nname = \"es-test\"\npath = \"{}/es-test.json\"\nlanguage = \"es\"\n", r.join("data/samples").display()));
     for origin in ["native", "translated", "round-trip"] {
         let matched = if origin == "native" { "" } else { "match_size_of = \"es-native\"\n" };
         text.push_str(&format!("[[conditions]]\nname = \"es-{origin}\"\nsources = [\"es-{origin}\"]\n{matched}"));
@@ -70,7 +71,7 @@ fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path(), "");
     let out = dir.path().join("out");
-    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]"]);
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]", "--set", "eval.sets=[\"es-test\"]"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let runs = ["es-native-lr1e-3", "es-native-lr1e-4", "es-translated-lr1e-3", "es-translated-lr1e-4", "es-round-trip-lr1e-3", "es-round-trip-lr1e-4"];
     for run in runs {
@@ -83,10 +84,13 @@ fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
         let evals: Vec<&Value> = m.iter().filter(|l| l["kind"] == "eval").collect();
         assert_eq!(evals.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 6]);
         assert!(evals.iter().all(|e| e["languages"]["es"]["tokens"] == e["tokens"]), "one language: its tokens are all tokens");
+        // The shared set: all 12 records at every evaluation, the same tokens for every run.
+        assert!(evals.iter().all(|e| e["sets"]["es-test"]["examples"] == 12), "{evals:?}");
         // keep = "best": the exported adapter is the evaluation with the lowest held-out loss, and run.json says which.
         let best = evals.iter().min_by(|a, b| a["loss"].as_f64().unwrap().total_cmp(&b["loss"].as_f64().unwrap())).unwrap();
         assert_eq!(s["best"]["step"], best["step"], "{run}");
         assert_eq!(s["heldout"]["loss"], best["loss"]);
+        assert_eq!(s["sets"]["es-test"], best["sets"]["es-test"], "the kept adapter's shared-set results");
         assert!(d.join("adapter/adapter_model.safetensors").is_file());
         assert!(!d.join("checkpoint.safetensors").exists(), "a finished run leaves no checkpoint");
         let csv = std::fs::read_to_string(d.join("metrics.csv")).unwrap();
@@ -98,9 +102,10 @@ fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| language | native | round-trip | translated |"), "{report}");
     assert!(report.contains("### tiny-llama, lr 1e-3") && report.contains("### tiny-llama, lr 1e-4"), "{report}");
+    assert!(report.contains("## Shared evaluation sets") && report.contains("| es-test (es) |"), "{report}");
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
-    assert!(csv.lines().next().unwrap().contains("heldout_perplexity_es"));
+    assert!(csv.lines().next().unwrap().contains("heldout_perplexity_es") && csv.lines().next().unwrap().contains("set_es-test_perplexity"));
     for c in ["es-native", "es-translated", "es-round-trip"] {
         let svg = std::fs::read_to_string(out.join(format!("plots/{c}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("<circle"), "{c}: training lines and held-out points");
@@ -109,14 +114,14 @@ fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
     // Again: every run is done, nothing is retrained, the adapters stay byte for byte.
     let before = std::fs::read(out.join("es-native-lr1e-3/adapter/adapter_model.safetensors")).unwrap();
     let mtime = std::fs::metadata(out.join("es-native-lr1e-3/run.json")).unwrap().modified().unwrap();
-    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]", "--quiet"]);
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.lr=[1e-3, 1e-4]", "--set", "eval.sets=[\"es-test\"]", "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("skipped (finished earlier)").count(), 6, "{}", stderr(&o));
     assert_eq!(std::fs::metadata(out.join("es-native-lr1e-3/run.json")).unwrap().modified().unwrap(), mtime);
     assert_eq!(std::fs::read(out.join("es-native-lr1e-3/adapter/adapter_model.safetensors")).unwrap(), before);
 
     // Other settings in the same folder are refused, not mixed in.
-    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.max_steps=2"]);
+    let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--set", "train.max_steps=2", "--set", "eval.sets=[\"es-test\"]"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("holds a finished run with other settings"), "{}", stderr(&o));
 
@@ -290,6 +295,8 @@ fn command_line_mistakes_get_one_clear_error() {
     assert!(err(&["--set", "eval.heldout_fraction=0"]).contains("compares held-out losses"));
     assert!(err(&["--shard", "4/4"]).contains("0 ≤ i < n"));
     assert!(err(&["--set", "seeds=[1, 1]"]).contains("distinct seeds"));
+    assert!(err(&["--set", "eval.sets=[\"es-native\"]"]).contains("`es-native` is trained on by condition `es-native`"));
+    assert!(err(&["--set", "eval.sets=[\"fr\"]"]).contains("`fr` is not a [[sources]] name"));
     let o = trainer(&["report", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("holds no runs"), "{}", stderr(&o));
@@ -383,4 +390,19 @@ fn the_study_recipe_plans_on_the_released_data() {
         }
     }
     assert_eq!(p["bad_records"]["count"], 6);
+}
+
+#[test]
+fn json_log_mode_prints_one_event_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let out = dir.path().join("out");
+    let o = trainer(&["run", r.to_str().unwrap(), "--log-format", "json", "--output-dir", out.to_str().unwrap(), "--set", "train.max_steps=2", "--set", "conditions=[{name = \"es-native\", sources = [\"es-native\"]}]"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events: Vec<Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).filter(|k| *k != "message").collect();
+    assert_eq!(kinds, ["run_start", "step", "step", "eval", "run_end"]);
+    let step = events.iter().find(|e| e["event"] == "step").unwrap();
+    assert!(step["metrics"]["loss"].is_number() && step["tokens_per_s"].is_number(), "{step}");
+    assert_eq!(events.iter().find(|e| e["event"] == "run_end").unwrap()["summary"]["status"], "ok");
 }

@@ -292,6 +292,43 @@ fn origin_label(p: &Provenance) -> String {
     }
 }
 
+/// The sources `[eval] sets` names; each must be defined and trained on by no condition.
+pub fn check_eval_sets<'a>(recipe: &Recipe, expanded: &'a Expanded) -> Result<Vec<&'a SourceSpec>> {
+    let mut out = Vec::new();
+    for name in &recipe.eval.sets {
+        let spec = expanded.sources.iter().find(|s| &s.name == name).with_context(|| format!("[eval] sets: `{name}` is not a [[sources]] name"))?;
+        if let Some(c) = expanded.conditions.iter().find(|c| c.entries.iter().any(|e| &e.source == name)) {
+            bail!("[eval] sets: `{name}` is trained on by condition `{}`; an evaluation set must stay unseen", c.name);
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// A shared evaluation set: a source read whole and evaluated for every run.
+pub struct EvalSet {
+    pub name: String,
+    pub examples: Vec<Example>,
+    /// The language of each example ("" = unlabelled).
+    pub languages: Vec<String>,
+}
+
+/// Reads and tokenizes `[eval] sets`. A set must be a defined source that no condition trains on.
+pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, bad: &mut BadRecords) -> Result<Vec<EvalSet>> {
+    let skip = recipe.on_bad_record == "skip";
+    let mut out = Vec::new();
+    for spec in check_eval_sets(recipe, expanded)? {
+        let name = &spec.name;
+        let records = read_source(spec, skip, bad)?;
+        out.push(EvalSet {
+            name: name.clone(),
+            examples: encoder.encode_all(&records).with_context(|| format!("[eval] set `{name}`"))?,
+            languages: records.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
+        });
+    }
+    Ok(out)
+}
+
 /// Reads every used source once and builds each condition's train and held-out sets.
 pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords)> {
     let used: BTreeSet<&str> = expanded.conditions.iter().flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref())).collect();

@@ -10,7 +10,7 @@ pub mod state;
 
 use crate::data::batch::Example;
 use crate::data::mix::stable_hash;
-use crate::data::pipeline::{self, BadRecords, ConditionData};
+use crate::data::pipeline::{self, BadRecords, ConditionData, EvalSet};
 use crate::data::TrainOn;
 use crate::recipe::{ModelSection, Recipe};
 use crate::session::{ModelText, Session};
@@ -191,11 +191,13 @@ fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData
     }
 }
 
-/// The data of one model's runs: its tokenizer decides the examples.
-fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, BadRecords)> {
+/// The data of one model's runs (its tokenizer decides the examples): conditions and shared evaluation sets.
+fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, Vec<EvalSet>, BadRecords)> {
     let expanded = pipeline::expand_with_root(recipe, data_root)?;
     let encoder = text.encoder(&recipe.template.name, recipe.train.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
-    pipeline::load(recipe, &expanded, &encoder)
+    let (conditions, mut bad) = pipeline::load(recipe, &expanded, &encoder)?;
+    let sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad)?;
+    Ok((conditions, sets, bad))
 }
 
 fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<String>> {
@@ -215,7 +217,7 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun
             continue;
         }
         let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
-        let (conditions, b) = load_conditions(&recipe, &text, opts.data_root.as_deref())?;
+        let (conditions, _, b) = load_conditions(&recipe, &text, opts.data_root.as_deref())?;
         if mi == 0 || bad.count == 0 {
             bad = b;
         }
@@ -279,7 +281,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
             continue;
         }
         let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
-        let (session, conditions, bad) = match prepared {
+        let (session, conditions, sets, bad) = match prepared {
             Ok(x) => x,
             Err(e) => {
                 // The model or its data could not be loaded: every run of it fails with that error.
@@ -304,6 +306,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 model,
                 cond: c,
                 train_seqs: &seqs[g.condition],
+                sets: &sets,
                 name: &g.name,
                 lr: g.lr,
                 seed: g.seed,
@@ -355,11 +358,11 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
     Ok(outcome)
 }
 
-fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<(Session, Vec<ConditionData>, BadRecords)> {
+fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<(Session, Vec<ConditionData>, Vec<EvalSet>, BadRecords)> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
     let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
     let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
-    let (conditions, bad) = load_conditions(recipe, &session.text, data_root)?;
+    let (conditions, sets, bad) = load_conditions(recipe, &session.text, data_root)?;
     if bad.count > 0 {
         progress.message(&format!("skipped {} bad record(s) (on_bad_record = \"skip\"); the first: {}", bad.count, bad.first.join("; ")));
     }
@@ -370,7 +373,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
         session.model.cfg.num_layers,
         conditions.iter().map(|c| format!("{} {}+{}", c.name, c.train.len(), c.heldout.len())).collect::<Vec<_>>().join(", ")
     ));
-    Ok((session, conditions, bad))
+    Ok((session, conditions, sets, bad))
 }
 
 enum Earlier {

@@ -62,6 +62,11 @@ pub fn csv(runs: &[RunSummary]) -> String {
         header.push(format!("heldout_loss_{l}"));
         header.push(format!("heldout_perplexity_{l}"));
     }
+    let sets: BTreeSet<String> = runs.iter().flat_map(|r| r.sets.keys().cloned()).collect();
+    for set in &sets {
+        header.push(format!("set_{set}_loss"));
+        header.push(format!("set_{set}_perplexity"));
+    }
     header.extend(["train_examples", "train_tokens", "final_train_loss", "seconds", "error"].map(String::from));
     let mut out = header.join(",") + "\n";
     for r in runs {
@@ -83,6 +88,11 @@ pub fn csv(runs: &[RunSummary]) -> String {
         ];
         for l in &langs {
             let x = h.and_then(|h| h.languages.get(l));
+            row.push(num(x.map(|x| x.loss)));
+            row.push(num(x.map(|x| x.perplexity)));
+        }
+        for set in &sets {
+            let x = r.sets.get(set);
             row.push(num(x.map(|x| x.loss)));
             row.push(num(x.map(|x| x.perplexity)));
         }
@@ -139,6 +149,46 @@ pub fn markdown(runs: &[RunSummary], plots: &[(String, PathBuf)]) -> String {
                         .iter()
                         .filter(|r| &r.languages[0] == l && &origin_of(r) == o)
                         .filter_map(|r| r.heldout.as_ref().and_then(|h| h.languages.get(l).map(|x| x.perplexity)))
+                        .collect();
+                    let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
+                }
+                md.push_str(&row);
+                md.push('\n');
+            }
+            md.push('\n');
+        }
+    }
+
+    // Shared sets: every run evaluated on the same data. A set of one language compares the runs trained on that
+    // language across origins; the CSV has every run on every set (cross-lingual results included).
+    let with_sets: Vec<&&RunSummary> = ok.iter().filter(|r| !r.sets.is_empty()).collect();
+    if !with_sets.is_empty() {
+        md.push_str("## Shared evaluation sets: perplexity by origin\n\n");
+        md.push_str("Each cell: perplexity on the whole set (the same data for every run), of the runs trained on the set's language; mean ± sd over seeds when there are several.\n\n");
+        let groups: BTreeSet<(String, String)> = with_sets.iter().map(|r| (r.model.clone(), format!("{:e}", r.lr))).collect();
+        for (model, lr) in groups {
+            let group: Vec<&&&RunSummary> = with_sets.iter().filter(|r| r.model == model && format!("{:e}", r.lr) == lr).collect();
+            let origins: BTreeSet<String> = group.iter().map(|r| origin_of(r)).collect();
+            let set_names: BTreeSet<&String> = group.iter().flat_map(|r| r.sets.keys()).collect();
+            let _ = writeln!(md, "### {model}, lr {lr}\n");
+            let _ = writeln!(md, "| set | {} |", origins.iter().cloned().collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(md, "|---|{}", "---|".repeat(origins.len()));
+            for set in set_names {
+                // The set's language, when it has exactly one.
+                let set_lang: Option<String> = group.iter().find_map(|r| r.sets.get(set)).and_then(|x| {
+                    let langs: Vec<&String> = x.languages.keys().filter(|l| !l.is_empty()).collect();
+                    (langs.len() == 1).then(|| langs[0].clone())
+                });
+                let mut row = match &set_lang {
+                    Some(l) => format!("| {set} ({l}) |"),
+                    None => format!("| {set} |"),
+                };
+                for o in &origins {
+                    let xs: Vec<f64> = group
+                        .iter()
+                        .filter(|r| &origin_of(r) == o)
+                        .filter(|r| set_lang.as_ref().is_none_or(|l| r.languages.len() == 1 && &r.languages[0] == l))
+                        .filter_map(|r| r.sets.get(set).map(|x| x.perplexity))
                         .collect();
                     let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
                 }

@@ -5,7 +5,7 @@ use super::progress::Progress;
 use super::state::{self, Position};
 use super::{Interrupted, INTERRUPTED};
 use crate::data::batch::Example;
-use crate::data::pipeline::{BadRecords, ConditionData};
+use crate::data::pipeline::{BadRecords, ConditionData, EvalSet};
 use crate::eval::HeldoutResult;
 use crate::optim::{AdamWConfig, Schedule};
 use crate::recipe::{EvalEvery, ModelSection, Recipe};
@@ -58,6 +58,9 @@ pub struct RunSummary {
     pub final_loss: f64,
     /// Held-out results of the exported adapter (the best or the last evaluation).
     pub heldout: Option<HeldoutResult>,
+    /// The shared evaluation sets' results for the exported adapter.
+    #[serde(default)]
+    pub sets: std::collections::BTreeMap<String, HeldoutResult>,
     pub best: Option<Best>,
     pub keep: String,
     /// The exported adapter, relative to the run directory.
@@ -75,6 +78,7 @@ pub struct RunInput<'a> {
     pub model: &'a ModelSection,
     pub cond: &'a ConditionData,
     pub train_seqs: &'a [Example],
+    pub sets: &'a [EvalSet],
     pub name: &'a str,
     pub lr: f64,
     pub seed: u64,
@@ -214,7 +218,6 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let keep = recipe.eval.keep.as_str();
     let eval_batch = recipe.eval.batch_size.unwrap_or(micro);
     let has_heldout = !input.cond.heldout.is_empty();
-    let mut last_eval: Option<HeldoutResult> = None;
     let mut final_loss = position.history.iter().rev().find(|h| h["kind"] == "train").and_then(|h| h["loss"].as_f64()).unwrap_or(f64::NAN);
     while !trainer.done() {
         let m = trainer.step(&mut adapter)?;
@@ -225,23 +228,35 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
         position.history.push(line);
         progress.step(input.name, &m);
         let mut save_state = t.checkpoint_every > 0 && m.step.is_multiple_of(t.checkpoint_every);
-        if has_heldout && is_eval_point(recipe.eval.every, m.step, steps_per_epoch, total_steps) {
-            let r = crate::eval::evaluate_by_language(model, Some(&adapter), &input.cond.heldout, &input.cond.heldout_languages, eval_batch, session.text.pad_id)?;
-            let mut line = serde_json::to_value(&r)?;
+        if (has_heldout || !input.sets.is_empty()) && is_eval_point(recipe.eval.every, m.step, steps_per_epoch, total_steps) {
+            let evaluate = |examples: &[Example], labels: &[String]| crate::eval::evaluate_by_language(model, Some(&adapter), examples, labels, eval_batch, session.text.pad_id);
+            let heldout = if has_heldout { Some(evaluate(&input.cond.heldout, &input.cond.heldout_languages)?) } else { None };
+            let mut sets = std::collections::BTreeMap::new();
+            for set in input.sets {
+                sets.insert(set.name.clone(), evaluate(&set.examples, &set.languages)?);
+            }
+            let mut line = match &heldout {
+                Some(r) => serde_json::to_value(r)?,
+                None => json!({}),
+            };
             line["kind"] = json!("eval");
             line["step"] = json!(m.step);
             line["epoch"] = json!(m.epoch);
+            if !sets.is_empty() {
+                line["sets"] = serde_json::to_value(&sets)?;
+            }
             writeln!(live, "{line}")?;
             position.history.push(line);
-            progress.eval(input.name, m.step, &r);
+            // Best by the held-out share, or without one by the first shared set.
+            let judge = heldout.as_ref().or_else(|| sets.values().next()).expect("something was evaluated");
+            progress.eval(input.name, m.step, judge);
             if keep == "all" {
                 adapter.save_peft(&dir.join("adapters").join(format!("step-{}", m.step)), &input.model.path, save_dtype)?;
             }
-            if keep == "best" && position.best.as_ref().is_none_or(|b| r.loss < b.loss) {
+            if keep == "best" && position.best.as_ref().is_none_or(|b| judge.loss < b.loss) {
                 adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
-                position.best = Some(Best { step: m.step, epoch: m.epoch, loss: r.loss, perplexity: r.perplexity });
+                position.best = Some(Best { step: m.step, epoch: m.epoch, loss: judge.loss, perplexity: judge.perplexity });
             }
-            last_eval = Some(r);
             save_state = true;
         }
         let interrupted = INTERRUPTED.load(Ordering::SeqCst);
@@ -257,13 +272,15 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     }
     drop(live);
 
-    // A resumed run evaluated its best before the interruption; its held-out numbers come from the history.
-    let evals: Vec<HeldoutResult> = position.history.iter().filter(|h| h["kind"] == "eval").filter_map(|h| serde_json::from_value(h.clone()).ok()).collect();
-    let last_eval = last_eval.or_else(|| evals.last().cloned());
-    let kept_eval = match (keep, &position.best) {
-        ("best", Some(b)) => position.history.iter().filter(|h| h["kind"] == "eval" && h["step"] == b.step).find_map(|h| serde_json::from_value(h.clone()).ok()),
-        _ => last_eval.clone(),
+    // The evaluation of the exported adapter: the best one, or the last; from the history, so a resumed run
+    // reports evaluations made before its interruption.
+    let evals: Vec<&Value> = position.history.iter().filter(|h| h["kind"] == "eval").collect();
+    let kept = match (keep, &position.best) {
+        ("best", Some(b)) => evals.iter().find(|h| h["step"] == b.step).copied(),
+        _ => evals.last().copied(),
     };
+    let kept_eval: Option<HeldoutResult> = kept.filter(|h| h.get("loss").is_some()).map(|h| serde_json::from_value(h.clone())).transpose()?;
+    let kept_sets = kept.and_then(|h| h.get("sets")).map(|s| serde_json::from_value(s.clone())).transpose()?.unwrap_or_default();
     if keep != "best" || position.best.is_none() {
         adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
     }
@@ -276,6 +293,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
         train_tokens,
         final_loss,
         heldout: kept_eval,
+        sets: kept_sets,
         best: position.best.clone(),
         adapter: Some(PathBuf::from("adapter")),
         seconds: prior_seconds + started.elapsed().as_secs_f64(),
