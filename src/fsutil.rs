@@ -6,7 +6,8 @@ use std::path::Path;
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().context("path has no file name")?.to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    // The process id keeps concurrent writers (shards of one sweep writing its report) off each other's file.
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }

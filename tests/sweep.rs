@@ -406,3 +406,21 @@ fn json_log_mode_prints_one_event_per_line() {
     assert!(step["metrics"]["loss"].is_number() && step["tokens_per_s"].is_number(), "{step}");
     assert_eq!(events.iter().find(|e| e["event"] == "run_end").unwrap()["summary"]["status"], "ok");
 }
+
+#[test]
+fn multi_turn_conversations_train_with_a_chat_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = repo().join("tests/recipes/chat.toml");
+    let p = plan(&[recipe.to_str().unwrap()]);
+    let run = &p["runs"][0];
+    // 16 conversations, a quarter held out per language.
+    assert_eq!((run["train_examples"].as_u64(), run["heldout_examples"].as_u64()), (Some(12), Some(4)), "{run}");
+    assert_eq!(run["languages"], serde_json::json!({ "en": 6, "es": 6 }));
+    let o = trainer(&["run", recipe.to_str().unwrap(), "--quiet", "--output-dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&dir.path().join("chat-lr1e-3/run.json"));
+    assert_eq!(s["status"], "ok");
+    let langs = s["heldout"]["languages"].as_object().unwrap();
+    assert_eq!(langs.keys().collect::<Vec<_>>(), ["en", "es"], "held-out loss per language");
+    assert!(langs.values().all(|l| l["loss"].as_f64().unwrap().is_finite() && l["examples"] == 2));
+}

@@ -38,7 +38,7 @@ pub fn write(dir: &Path, runs: &[RunSummary]) -> Result<Vec<(String, PathBuf)>> 
         let rel = PathBuf::from("plots").join(format!("{condition}.svg"));
         let path = dir.join(&rel);
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        let tmp = path.with_file_name(format!(".{condition}.svg.tmp"));
+        let tmp = path.with_file_name(format!(".{condition}.svg.{}.tmp", std::process::id()));
         draw(&tmp, &condition, &series).map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
         std::fs::rename(&tmp, &path)?;
         out.push((condition, rel));
@@ -61,7 +61,7 @@ fn draw(path: &Path, title: &str, series: &[Series]) -> Result<(), Box<dyn std::
         .x_label_area_size(36)
         .y_label_area_size(52)
         .build_cartesian_2d(0f64..max_step, (lo - pad)..(hi + pad))?;
-    chart.configure_mesh().x_desc("step").y_desc("loss").draw()?;
+    chart.configure_mesh().x_desc("step").y_desc("loss").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
     for (i, (label, train, heldout)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
