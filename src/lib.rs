@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod fsutil;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod optim;

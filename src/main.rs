@@ -77,6 +77,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fold a LoRA adapter into a checkpoint: a Hugging Face model folder (same dtype and shards) transformers loads.
+    Merge {
+        /// Model directory or hub id in the local Hugging Face cache.
+        #[arg(long)]
+        model: String,
+        /// PEFT adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// A new folder for the merged checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Rebuild report.md, report.csv and plots/ from the finished runs in an output folder.
     Report {
         /// The sweep's output folder.
@@ -170,6 +182,11 @@ fn real_main() -> Result<i32> {
                     println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
                 }
             }
+            Ok(0)
+        }
+        Command::Merge { model, adapter, out } => {
+            let s = trainer::merge::merge(&model, &adapter, &out)?;
+            eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
             Ok(0)
         }
         Command::Report { dir } => {
