@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+pub mod generate;
 pub mod lora;
 pub mod merge;
 pub mod model;

@@ -77,6 +77,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answers for every record of a data file (greedy or sampled, with a KV cache), as JSONL for a judge.
+    Generate {
+        /// Model directory or hub id in the local Hugging Face cache.
+        #[arg(long)]
+        model: String,
+        /// PEFT adapter directory; without it the base model answers.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "alpaca")]
+        format: String,
+        /// alpaca, llama2-chat, gemma, chatml or model.
+        #[arg(long, default_value = "alpaca")]
+        template: String,
+        /// Where to write the answers (JSONL: id, location, prompt, reference, answer, finish, new_tokens).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Stop when the answer contains this text (repeatable); the answer ends before it.
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+    },
     /// Fold a LoRA adapter into a checkpoint: a Hugging Face model folder (same dtype and shards) transformers loads.
     Merge {
         /// Model directory or hub id in the local Hugging Face cache.
@@ -182,6 +219,22 @@ fn real_main() -> Result<i32> {
                     println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
                 }
             }
+            Ok(0)
+        }
+        Command::Generate { model, adapter, data, format, template, out, max_new_tokens, temperature, top_p, stop, batch_size, seed, device, dtype } => {
+            if !(temperature >= 0.0 && temperature.is_finite()) || !(top_p > 0.0 && top_p <= 1.0) {
+                anyhow::bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+            }
+            let format = Format::parse(&format).context("--format")?;
+            let device = trainer::runtime::device(&device)?;
+            let dtype = trainer::runtime::dtype(&dtype, &device)?;
+            let session = Session::open(&model, None, dtype, &device)?;
+            let adapter = adapter
+                .map(|dir| Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display())))
+                .transpose()?;
+            let opts = trainer::generate::GenOptions { max_new_tokens, temperature, top_p, stop, seed };
+            let n = trainer::generate::generate_file(&session, adapter.as_ref(), &data, format, &template, batch_size, &opts, &out)?;
+            eprintln!("{n} answers in {}", out.display());
             Ok(0)
         }
         Command::Merge { model, adapter, out } => {

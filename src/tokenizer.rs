@@ -106,6 +106,11 @@ impl TextTokenizer {
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
+    /// Text of `ids`, special tokens left out (transformers' `decode(..., skip_special_tokens=True)`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| anyhow!("decoding failed: {e}"))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

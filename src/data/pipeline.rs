@@ -244,6 +244,22 @@ impl Encoder<'_> {
         Ok(example)
     }
 
+    /// The prompt of a record for generation: everything before the answer (the alpaca prompt, or the
+    /// conversation up to its last user turn with the template's generation prompt).
+    pub fn prompt_ids(&self, r: &Record) -> Result<Vec<u32>> {
+        match &self.template {
+            PromptTemplate::Alpaca => {
+                let (prompt, _) = Template::Alpaca.render(&alpaca_fields(r)?, "");
+                self.tokenizer.encode(&prompt, true)
+            }
+            PromptTemplate::Chat(t) => {
+                let turns = &r.conversation.turns;
+                let n = if turns.last().is_some_and(|t| t.role == Role::Assistant) { turns.len() - 1 } else { turns.len() };
+                self.tokenizer.encode(&t.render(&r.conversation, n, true)?, false)
+            }
+        }
+    }
+
     /// Tokenizes in parallel on all cores; errors name the record.
     pub fn encode_all(&self, records: &[Record]) -> Result<Vec<Example>> {
         // Collect every result first, so the error reported is always the first bad record in file order.

@@ -36,7 +36,7 @@ pub(crate) struct LayerCache {
 }
 
 impl Model {
-    fn project(
+    pub(super) fn project(
         &self,
         li: usize,
         t: Target,

@@ -4,7 +4,10 @@
 //! LoRA gradients. With activation recomputation only each layer's input is kept and the layer's forward is
 //! rerun (with the same dropout masks) just before its backward.
 
+mod decode;
 mod layer;
+
+pub use decode::KvCache;
 
 use crate::checkpoint::{Checkpoint, ModelFiles};
 use crate::config::ModelConfig;
@@ -131,7 +134,7 @@ impl Model {
         })
     }
 
-    fn head(&self) -> &Tensor {
+    pub(crate) fn head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -156,7 +159,7 @@ impl Model {
         }
     }
 
-    fn final_hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn final_hidden(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let (y, rstd) = rmsnorm::forward(x, &self.final_norm, self.cfg.norm_weight_offset, self.cfg.rms_norm_eps)?;
         Ok((y.flatten_to(1)?, rstd))
     }

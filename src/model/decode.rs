@@ -1,0 +1,127 @@
+//! Inference with a key/value cache, for generation: the prompt runs once (prefill), then one token per step
+//! attends to everything cached. Rows may be left-padded to batch prompts of different lengths: padding keys are
+//! masked and each row's positions count only its real tokens, as transformers does with an attention mask.
+
+use super::Model;
+use crate::lora::{Adapter, Target};
+use crate::ops::linear::LoraSaved;
+use crate::ops::rope::{self, RopeTables};
+use crate::ops::{activation, rmsnorm};
+use anyhow::{ensure, Result};
+use candle_core::{DType, Tensor};
+
+/// Keys and values of every layer, `[B, Hkv, T, d]`, and which cached positions are real tokens.
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    /// `[B][T]`: false for left padding.
+    key_valid: Vec<Vec<bool>>,
+    /// The position the next token of each row takes.
+    next_pos: Vec<u32>,
+}
+
+impl KvCache {
+    pub fn new(model: &Model, batch: usize) -> Self {
+        let n = model.layers.len();
+        Self { k: vec![None; n], v: vec![None; n], key_valid: vec![Vec::new(); batch], next_pos: vec![0; batch] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.key_valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Model {
+    /// Runs `ids` (`[B][t]`, the same t for every row; `valid` false marks left padding) after what `cache`
+    /// holds, appends their keys and values, and returns the f32 logits of each row's last token, `[B, V]`.
+    pub fn decode(&self, ids: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        ensure!(b == cache.next_pos.len() && t > 0 && ids.iter().zip(valid).all(|(r, v)| r.len() == t && v.len() == t), "decode: ragged input");
+        let mut positions = Vec::with_capacity(b);
+        for (row, v) in valid.iter().enumerate() {
+            let mut p = Vec::with_capacity(t);
+            for &real in v {
+                // Padding takes position 0; it is never attended to.
+                p.push(if real { cache.next_pos[row] } else { 0 });
+                if real {
+                    cache.next_pos[row] += 1;
+                }
+            }
+            positions.push(p);
+            cache.key_valid[row].extend(v);
+        }
+        let cfg = &self.cfg;
+        let rope = RopeTables::new(&positions, cfg.head_dim, cfg.rope_theta, self.dtype, &self.device)?;
+        let mask = self.decode_mask(&cache.key_valid, t)?;
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let mut x = self.embed.index_select(&Tensor::from_vec(flat, b * t, &self.device)?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        if let Some(s) = cfg.embedding_scale {
+            x = x.broadcast_mul(&Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?)?;
+        }
+        for li in 0..self.layers.len() {
+            x = self.decode_layer(li, &x, &rope, &mask, cache, adapter)?;
+        }
+        let last = x.narrow(1, t - 1, 1)?;
+        let (h, _) = self.final_hidden(&last)?;
+        Ok(crate::ops::gemm::matmul(&h, &self.head().t()?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, and no
+    /// padding — except that every query sees its own key, so padding rows stay finite (a fully masked row
+    /// would turn into NaN and reach real rows through 0 × NaN).
+    fn decode_mask(&self, key_valid: &[Vec<bool>], t: usize) -> Result<Tensor> {
+        let total = key_valid.first().map_or(0, Vec::len);
+        let past = total - t;
+        let mut m = Vec::with_capacity(key_valid.len() * t * total);
+        for row in key_valid {
+            for i in 0..t {
+                m.extend(row.iter().enumerate().map(|(j, &ok)| if (ok && j <= past + i) || j == past + i { 0f32 } else { f32::NEG_INFINITY }));
+            }
+        }
+        Ok(Tensor::from_vec(m, (key_valid.len(), 1, t, total), &self.device)?)
+    }
+
+    fn decode_layer(&self, li: usize, x: &Tensor, rope: &RopeTables, mask: &Tensor, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let lw = &self.layers[li];
+        let (b, t, _) = x.dims3()?;
+        let d = cfg.head_dim;
+        let mut unused: [Option<LoraSaved>; 7] = Default::default();
+        let (n1, _) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let n1 = n1.flatten_to(1)?;
+        let q = rope::forward_heads(&self.project(li, Target::Q, &n1, adapter, None, &mut unused)?, rope, cfg.num_heads)?;
+        let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, None, &mut unused)?, rope, cfg.num_kv_heads)?;
+        let v = self.project(li, Target::V, &n1, adapter, None, &mut unused)?.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
+        let k = match cache.k[li].take() {
+            Some(past) => Tensor::cat(&[&past, &k], 2)?,
+            None => k,
+        };
+        let v = match cache.v[li].take() {
+            Some(past) => Tensor::cat(&[&past, &v], 2)?,
+            None => v,
+        };
+        // Grouped-query attention: each key/value head serves num_heads / num_kv_heads query heads.
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let total = k.dim(2)?;
+        let qg = q.reshape((b, cfg.num_kv_heads, group * t, d))?.to_dtype(DType::F32)?;
+        let scores = (qg.matmul(&k.to_dtype(DType::F32)?.t()?)? * (1.0 / (d as f64).sqrt()))?.reshape((b, cfg.num_heads, t, total))?;
+        let p = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let o = p.reshape((b, cfg.num_kv_heads, group * t, total))?.matmul(&v.to_dtype(DType::F32)?)?.reshape((b, cfg.num_heads, t, d))?;
+        cache.k[li] = Some(k);
+        cache.v[li] = Some(v);
+        let o2 = o.to_dtype(self.dtype)?.transpose(1, 2)?.reshape((b * t, cfg.num_heads * d))?;
+        let attn_out = self.project(li, Target::O, &o2, adapter, None, &mut unused)?;
+        let (x1, n2, _) = rmsnorm::add_forward(x, &attn_out.reshape(x.shape())?, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let n2 = n2.flatten_to(1)?;
+        let g = self.project(li, Target::Gate, &n2, adapter, None, &mut unused)?;
+        let u = self.project(li, Target::Up, &n2, adapter, None, &mut unused)?;
+        let h = activation::forward(&g, &u, cfg.activation)?;
+        let mlp_out = self.project(li, Target::Down, &h, adapter, None, &mut unused)?;
+        Ok(x1.add(&mlp_out.reshape(x.shape())?)?)
+    }
+}
