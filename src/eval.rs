@@ -76,3 +76,173 @@ pub fn evaluate_by_language(model: &Model, adapter: Option<&Adapter>, examples: 
     let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
     Ok(HeldoutResult { loss, perplexity: loss.exp(), tokens, examples: examples.len(), languages })
 }
+
+/// An evaluation as the command line or a recipe's `[[evals]]` describes it.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Its name in run.json and the report (recipes only).
+    #[serde(default)]
+    pub name: String,
+    /// "loss" (held-out loss and perplexity per language), "mc" (multiple choice) or "qa" (generative QA).
+    pub task: String,
+    pub path: std::path::PathBuf,
+    /// mc / qa: the items k-shot prompts take their examples from.
+    pub dev: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub shots: usize,
+    /// mc: "continuation" or "letters".
+    #[serde(default = "continuation")]
+    pub style: String,
+    /// qa: answer length limit.
+    #[serde(default = "sixty_four")]
+    pub max_new_tokens: usize,
+    /// loss: the file's format and template, and its language when the records carry none.
+    #[serde(default = "alpaca")]
+    pub format: String,
+    #[serde(default = "alpaca")]
+    pub template: String,
+    pub language: Option<String>,
+    #[serde(default = "five_twelve")]
+    pub max_seq_len: usize,
+    #[serde(default = "eight")]
+    pub batch_size: usize,
+}
+
+fn continuation() -> String {
+    "continuation".into()
+}
+fn sixty_four() -> usize {
+    64
+}
+fn alpaca() -> String {
+    "alpaca".into()
+}
+fn five_twelve() -> usize {
+    512
+}
+fn eight() -> usize {
+    8
+}
+
+/// A task with its data read and tokenized.
+pub enum Task {
+    Loss { examples: Vec<Example>, languages: Vec<String>, batch_size: usize },
+    Mc { items: Vec<crate::bench::McItem>, dev: Vec<crate::bench::McItem>, shots: usize, style: crate::bench::McStyle, batch_size: usize },
+    Qa { items: Vec<crate::bench::QaItem>, dev: Vec<crate::bench::QaItem>, shots: usize, max_new_tokens: usize, batch_size: usize },
+}
+
+impl TaskSpec {
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(task: &str, data: &std::path::Path, dev: Option<&std::path::Path>, shots: usize, style: &str, max_new_tokens: usize, format: &str, template: &str, language: Option<&str>, max_seq_len: usize, batch_size: usize) -> Result<Self> {
+        let spec = TaskSpec {
+            name: String::new(),
+            task: task.into(),
+            path: data.into(),
+            dev: dev.map(Into::into),
+            shots,
+            style: style.into(),
+            max_new_tokens,
+            format: format.into(),
+            template: template.into(),
+            language: language.map(str::to_string),
+            max_seq_len,
+            batch_size,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Checks the settings without reading data.
+    pub fn check(&self) -> Result<()> {
+        match self.task.as_str() {
+            "loss" | "mc" | "qa" => {}
+            other => anyhow::bail!("task must be loss, mc or qa, not `{other}`"),
+        }
+        if !["continuation", "letters"].contains(&self.style.as_str()) {
+            anyhow::bail!("style must be continuation or letters, not `{}`", self.style);
+        }
+        if self.task != "loss" && self.shots > 0 && self.dev.is_none() {
+            anyhow::bail!("{}-shot prompts need a dev file", self.shots);
+        }
+        crate::data::format::Format::parse(&self.format)?;
+        anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens > 0, "batch_size, max_seq_len and max_new_tokens must be positive");
+        Ok(())
+    }
+
+    /// Reads and tokenizes the data for `session`'s model.
+    pub fn load(&self, session: &crate::session::Session) -> Result<Task> {
+        use anyhow::Context;
+        let what = || format!("{} {}", self.task, self.path.display());
+        Ok(match self.task.as_str() {
+            "loss" => {
+                use crate::data::pipeline::{read_source, BadRecords, SourceSpec};
+                let format = crate::data::format::Format::parse(&self.format)?;
+                let spec = SourceSpec { name: self.path.display().to_string(), path: self.path.clone(), format, fields: Default::default(), language: self.language.clone(), origin: None, engine: None, id_languages: Default::default() };
+                let records = read_source(&spec, false, &mut BadRecords::default()).with_context(what)?;
+                let encoder = session.text.encoder(&self.template, self.max_seq_len, crate::data::TrainOn::Response)?;
+                Task::Loss {
+                    examples: encoder.encode_all(&records)?,
+                    languages: records.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
+                    batch_size: self.batch_size,
+                }
+            }
+            "mc" => Task::Mc {
+                items: crate::bench::read_mc(&self.path).with_context(what)?,
+                dev: self.dev.as_deref().map(crate::bench::read_mc).transpose().with_context(what)?.unwrap_or_default(),
+                shots: self.shots,
+                style: if self.style == "letters" { crate::bench::McStyle::Letters } else { crate::bench::McStyle::Continuation },
+                batch_size: self.batch_size,
+            },
+            _ => Task::Qa {
+                items: crate::bench::read_qa(&self.path).with_context(what)?,
+                dev: self.dev.as_deref().map(crate::bench::read_qa).transpose().with_context(what)?.unwrap_or_default(),
+                shots: self.shots,
+                max_new_tokens: self.max_new_tokens,
+                batch_size: self.batch_size,
+            },
+        })
+    }
+}
+
+impl Task {
+    /// The task's metrics as JSON: loss → {loss, perplexity, tokens, examples, languages}; mc → {acc, acc_norm,
+    /// items}; qa → {exact_match, f1, contains, number, items}.
+    pub fn run(&self, session: &crate::session::Session, adapter: Option<&Adapter>) -> Result<serde_json::Value> {
+        let (model, text) = (&session.model, &session.text);
+        Ok(match self {
+            Task::Loss { examples, languages, batch_size } => serde_json::to_value(evaluate_by_language(model, adapter, examples, languages, *batch_size, text.pad_id)?)?,
+            Task::Mc { items, dev, shots, style, batch_size } => {
+                let mut r = crate::bench::score_mc(model, adapter, &text.tokenizer, items, dev, *shots, *style, *batch_size)?;
+                r.loglikelihoods.clear();
+                serde_json::to_value(r)?
+            }
+            Task::Qa { items, dev, shots, max_new_tokens, batch_size } => {
+                serde_json::to_value(crate::bench::run_qa(model, adapter, &text.tokenizer, text.eos_id, text.pad_id, items, dev, *shots, *max_new_tokens, *batch_size)?.0)?
+            }
+        })
+    }
+}
+
+/// One line for people: the task's headline numbers.
+pub fn summary_line(r: &serde_json::Value) -> String {
+    let keys = ["loss", "perplexity", "acc", "acc_norm", "exact_match", "f1", "contains", "number"];
+    let mut parts: Vec<String> = keys.iter().filter_map(|k| r.get(*k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"))).collect();
+    if let Some(n) = r.get("items").or_else(|| r.get("examples")) {
+        parts.push(format!("({n} items)"));
+    }
+    parts.join("  ")
+}
+
+/// The kept adapter of every finished run in a sweep's output folder, by run name.
+pub fn sweep_adapters(dir: &std::path::Path, cfg: &crate::config::ModelConfig, device: &candle_core::Device) -> Result<Vec<(String, Adapter)>> {
+    use anyhow::Context;
+    let runs = crate::sweep::report::collect(dir)?;
+    let mut out = Vec::new();
+    for r in runs.iter().filter(|r| r.status == "ok") {
+        let a = dir.join(&r.run).join("adapter");
+        out.push((r.run.clone(), Adapter::load_peft(&a, cfg, device).with_context(|| format!("run {}", r.run))?));
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no finished runs", dir.display());
+    Ok(out)
+}

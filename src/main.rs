@@ -2,7 +2,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use trainer::data::format::Format;
-use trainer::data::TrainOn;
 use trainer::lora::Adapter;
 use trainer::session::Session;
 use trainer::sweep::progress::Mode;
@@ -131,20 +130,43 @@ enum Command {
         /// The sweep's output folder.
         dir: PathBuf,
     },
-    /// Held-out loss and perplexity of a model (+ adapter) on a data file.
+    /// Evaluate a model (+ adapter, or every adapter of a sweep's folder): held-out loss and perplexity per
+    /// language (`--task loss`), multiple-choice log-likelihood (`mc`) or generative QA (`qa`).
     Eval {
         /// Model directory or hub id in the local Hugging Face cache.
         #[arg(long)]
         model: String,
-        /// PEFT adapter directory; without it the base model is evaluated.
+        /// PEFT adapter directory; without it (and without --runs) the base model is evaluated.
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// A sweep's output folder: evaluate the adapter of every finished run in it.
+        #[arg(long, conflicts_with = "adapter")]
+        runs: Option<PathBuf>,
+        /// loss | mc | qa.
+        #[arg(long, default_value = "loss")]
+        task: String,
         #[arg(long)]
         data: PathBuf,
+        /// mc / qa: items for k-shot prompts.
+        #[arg(long)]
+        dev: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        shots: usize,
+        /// mc: continuation (each choice's text is scored) or letters (MMLU-style A/B/C/D).
+        #[arg(long, default_value = "continuation")]
+        style: String,
+        /// qa: answer length limit.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// loss: the data file's format.
         #[arg(long, default_value = "alpaca")]
         format: String,
+        /// loss: the prompt template.
         #[arg(long, default_value = "alpaca")]
         template: String,
+        /// loss: the data file's language, for the per-language result (default: the records' own).
+        #[arg(long)]
+        language: Option<String>,
         #[arg(long, default_value_t = 512)]
         max_seq_len: usize,
         #[arg(long, default_value_t = 8)]
@@ -153,7 +175,7 @@ enum Command {
         device: String,
         #[arg(long, default_value = "auto")]
         dtype: String,
-        /// Print one JSON object: {"loss", "tokens", "perplexity", "examples"}.
+        /// Print JSON: one object, or with --runs {"runs": {run: result}}.
         #[arg(long)]
         json: bool,
     },
@@ -247,20 +269,32 @@ fn real_main() -> Result<i32> {
             println!("{}", path.display());
             Ok(0)
         }
-        Command::Eval { model, adapter, data, format, template, max_seq_len, batch_size, device, dtype, json } => {
-            let format = Format::parse(&format).context("--format")?;
+        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json } => {
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
-            let adapter = adapter
-                .map(|dir| Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display())))
-                .transpose()?;
-            let examples = session.text.examples(&data, format, &template, max_seq_len, TrainOn::Response)?;
-            let r = trainer::eval::evaluate(&session.model, adapter.as_ref(), &examples, batch_size, session.text.pad_id)?;
+            let spec = trainer::eval::TaskSpec::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
+            let task = spec.load(&session)?;
+            let from_runs = runs.is_some();
+            let adapters: Vec<(String, Option<Adapter>)> = match (runs, adapter) {
+                (Some(dir), _) => trainer::eval::sweep_adapters(&dir, &session.model.cfg, &device)?.into_iter().map(|(n, a)| (n, Some(a))).collect(),
+                (None, Some(dir)) => vec![(dir.display().to_string(), Some(Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display()))?))],
+                (None, None) => vec![("base".into(), None)],
+            };
+            let mut results = serde_json::Map::new();
+            for (name, a) in &adapters {
+                let r = task.run(&session, a.as_ref())?;
+                if !json {
+                    println!("{name}: {}", trainer::eval::summary_line(&r));
+                }
+                results.insert(name.clone(), r);
+            }
             if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("loss {:.6}  perplexity {:.4}  ({} target tokens, {} examples)", r.loss, r.perplexity, r.tokens, r.examples);
+                if from_runs {
+                    println!("{}", serde_json::json!({ "runs": results }));
+                } else if let Some((_, only)) = results.into_iter().next() {
+                    println!("{only}");
+                }
             }
             Ok(0)
         }

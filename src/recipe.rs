@@ -32,6 +32,9 @@ pub struct Recipe {
     pub conditions: Vec<ConditionSection>,
     #[serde(default)]
     pub eval: EvalSection,
+    /// Benchmarks every run's kept adapter is scored on at the end (paths relative to the recipe's folder).
+    #[serde(default)]
+    pub evals: Vec<crate::eval::TaskSpec>,
     /// Where source paths resolve (relative to the recipe's folder); default: the recipe's folder.
     pub data_root: Option<PathBuf>,
     /// "error" (default): a bad record stops the run naming file, line and field; "skip": skip and report.
@@ -454,6 +457,13 @@ impl Recipe {
             bail!("[eval] batch_size must be at least 1");
         }
         // Expanding checks names, {lang} placeholders and references between conditions and sources.
+        let mut names = std::collections::BTreeSet::new();
+        for (i, b) in self.evals.iter().enumerate() {
+            if b.name.is_empty() || !names.insert(b.name.as_str()) {
+                bail!("[[evals]] #{}: give each a distinct, non-empty name", i + 1);
+            }
+            b.check().with_context(|| format!("[[evals]] `{}`", b.name))?;
+        }
         let expanded = crate::data::pipeline::expand(self)?;
         crate::data::pipeline::check_eval_sets(self, &expanded)?;
         Ok(())

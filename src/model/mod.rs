@@ -181,6 +181,12 @@ impl Model {
         Ok(logits.reshape((batch.size(), batch.seq_len(), self.cfg.vocab_size))?)
     }
 
+    /// Each example's summed target NLL, `[B]` (no dropout): the negative log-likelihood of its target tokens.
+    pub fn example_nll(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Vec<f64>> {
+        let rows = cross_entropy::row_nll(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?;
+        Ok(rows.chunks(batch.seq_len().max(1)).map(|r| r.iter().map(|&x| x as f64).sum()).collect())
+    }
+
     /// Sum of target NLLs of the batch (no dropout, nothing kept for backward).
     pub fn loss_sum(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<f64> {
         Ok(cross_entropy::forward(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)

@@ -31,6 +31,20 @@ fn chunk_nll(h: &Tensor, w: &Tensor, ids: &Tensor, valid: &Tensor, want_softmax:
     Ok((nll, softmax))
 }
 
+/// Each row's target NLL (0 on ignored rows), chunked like the training loss: for log-likelihood scoring.
+pub fn row_nll(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Vec<f32>> {
+    let n = h.dim(0)?;
+    let step = chunk_rows(w.dim(0)?, n);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let (ids, valid) = target_tensors(&targets[start..start + len], h.device())?;
+        let (nll, _) = chunk_nll(&h.narrow(0, start, len)?, w, &ids, &valid, false)?;
+        out.extend(nll.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
 /// Sum of target NLLs over the rows of `h` (`[N, H]`, the final-norm output) against head `w` (`[V, H]`), as a
 /// scalar f32 tensor built from differentiable Candle ops (so autograd can serve as the oracle of the whole model).
 pub fn nll_sum(h: &Tensor, w: &Tensor, targets: &[Option<u32>]) -> Result<Tensor> {

@@ -281,7 +281,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
             continue;
         }
         let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
-        let (session, conditions, sets, bad) = match prepared {
+        let (session, conditions, sets, benchmarks, bad) = match prepared {
             Ok(x) => x,
             Err(e) => {
                 // The model or its data could not be loaded: every run of it fails with that error.
@@ -307,6 +307,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 cond: c,
                 train_seqs: &seqs[g.condition],
                 sets: &sets,
+                benchmarks: &benchmarks,
                 name: &g.name,
                 lr: g.lr,
                 seed: g.seed,
@@ -358,7 +359,9 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
     Ok(outcome)
 }
 
-fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<(Session, Vec<ConditionData>, Vec<EvalSet>, BadRecords)> {
+type Prepared = (Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords);
+
+fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
     let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
     let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
@@ -373,7 +376,12 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
         session.model.cfg.num_layers,
         conditions.iter().map(|c| format!("{} {}+{}", c.name, c.train.len(), c.heldout.len())).collect::<Vec<_>>().join(", ")
     ));
-    Ok((session, conditions, sets, bad))
+    let mut benchmarks = Vec::new();
+    for spec in &recipe.evals {
+        let spec = crate::eval::TaskSpec { path: recipe.resolve(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve(d)), ..spec.clone() };
+        benchmarks.push((spec.name.clone(), spec.load(&session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
+    }
+    Ok((session, conditions, sets, benchmarks, bad))
 }
 
 enum Earlier {

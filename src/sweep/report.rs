@@ -67,6 +67,10 @@ pub fn csv(runs: &[RunSummary]) -> String {
         header.push(format!("set_{set}_loss"));
         header.push(format!("set_{set}_perplexity"));
     }
+    let metrics = benchmark_columns(runs);
+    for (name, metric) in &metrics {
+        header.push(format!("{name}_{metric}"));
+    }
     header.extend(["train_examples", "train_tokens", "final_train_loss", "seconds", "error"].map(String::from));
     let mut out = header.join(",") + "\n";
     for r in runs {
@@ -96,11 +100,28 @@ pub fn csv(runs: &[RunSummary]) -> String {
             row.push(num(x.map(|x| x.loss)));
             row.push(num(x.map(|x| x.perplexity)));
         }
+        for (name, metric) in &metrics {
+            row.push(num(r.benchmarks.get(name).and_then(|b| b.get(metric)).and_then(Value::as_f64)));
+        }
         row.extend([r.train_examples.to_string(), r.train_tokens.to_string(), num(Some(r.final_loss)), format!("{:.1}", r.seconds), csv_field(r.error.as_deref().unwrap_or(""))]);
         out.push_str(&row.join(","));
         out.push('\n');
     }
     out
+}
+
+/// (benchmark, metric) pairs with a number in some run, in a fixed order.
+fn benchmark_columns(runs: &[RunSummary]) -> Vec<(String, String)> {
+    const METRICS: [&str; 8] = ["acc", "acc_norm", "exact_match", "f1", "contains", "number", "loss", "perplexity"];
+    let mut out = BTreeSet::new();
+    for r in runs {
+        for (name, b) in &r.benchmarks {
+            for m in METRICS.iter().filter(|m| b.get(**m).is_some_and(Value::is_number)) {
+                out.insert((name.clone(), m.to_string()));
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Mean and, over several seeds, the sample standard deviation.
@@ -209,6 +230,18 @@ pub fn markdown(runs: &[RunSummary], plots: &[(String, PathBuf)]) -> String {
             let h = r.heldout.as_ref().expect("filtered");
             let cells: Vec<String> = langs.iter().map(|l| h.languages.get(l).map(|x| format!("{:.2}", x.perplexity)).unwrap_or_else(|| "–".into())).collect();
             let _ = writeln!(md, "| {} | {} | {} | {:.2} |", r.run, origin_of(r), cells.join(" | "), h.perplexity);
+        }
+        md.push('\n');
+    }
+
+    let columns = benchmark_columns(runs);
+    if !columns.is_empty() {
+        md.push_str("## Benchmarks\n\nScores of each run's exported adapter (`[[evals]]`).\n\n");
+        let _ = writeln!(md, "| run | {} |", columns.iter().map(|(n, m)| format!("{n} {m}")).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(md, "|---|{}", "---|".repeat(columns.len()));
+        for r in &ok {
+            let cells: Vec<String> = columns.iter().map(|(n, m)| r.benchmarks.get(n).and_then(|b| b.get(m)).and_then(Value::as_f64).map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into())).collect();
+            let _ = writeln!(md, "| {} | {} |", r.run, cells.join(" | "));
         }
         md.push('\n');
     }

@@ -61,6 +61,9 @@ pub struct RunSummary {
     /// The shared evaluation sets' results for the exported adapter.
     #[serde(default)]
     pub sets: std::collections::BTreeMap<String, HeldoutResult>,
+    /// `[[evals]]` results of the exported adapter, by name.
+    #[serde(default)]
+    pub benchmarks: std::collections::BTreeMap<String, Value>,
     pub best: Option<Best>,
     pub keep: String,
     /// The exported adapter, relative to the run directory.
@@ -79,6 +82,7 @@ pub struct RunInput<'a> {
     pub cond: &'a ConditionData,
     pub train_seqs: &'a [Example],
     pub sets: &'a [EvalSet],
+    pub benchmarks: &'a [(String, crate::eval::Task)],
     pub name: &'a str,
     pub lr: f64,
     pub seed: u64,
@@ -284,6 +288,16 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     if keep != "best" || position.best.is_none() {
         adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
     }
+    // Benchmarks score the adapter that was exported (the best one, for keep = "best"), read back from disk.
+    let mut benchmarks = std::collections::BTreeMap::new();
+    if !input.benchmarks.is_empty() {
+        let kept = crate::lora::Adapter::load_peft(&dir.join("adapter"), &model.cfg, &model.device)?;
+        for (name, task) in input.benchmarks {
+            let r = task.run(session, Some(&kept)).with_context(|| format!("[[evals]] `{name}`"))?;
+            progress.message(&format!("{}: {name}: {}", input.name, crate::eval::summary_line(&r)));
+            benchmarks.insert(name.clone(), r);
+        }
+    }
     write_jsonl(&metrics_path, &position.history)?;
     crate::fsutil::write_atomic(&dir.join("metrics.csv"), metrics_csv(&position.history).as_bytes())?;
     let train_tokens = position.history.iter().filter(|h| h["kind"] == "train").filter_map(|h| h["tokens"].as_u64()).sum::<u64>() as usize;
@@ -294,6 +308,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
         final_loss,
         heldout: kept_eval,
         sets: kept_sets,
+        benchmarks,
         best: position.best.clone(),
         adapter: Some(PathBuf::from("adapter")),
         seconds: prior_seconds + started.elapsed().as_secs_f64(),
