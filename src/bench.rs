@@ -156,10 +156,13 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, i
         }
     }
     let mut nll = Vec::with_capacity(examples.len());
+    let bar = progress(examples.len(), "mc");
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         nll.extend(model.example_nll(&Batch::pad(&refs, 0), adapter)?);
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     let (mut correct, mut correct_norm, mut k) = (0usize, 0usize, 0usize);
     let mut lls = Vec::with_capacity(items.len());
     for item in items {
@@ -173,6 +176,14 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, i
     }
     let n = items.len().max(1) as f64;
     Ok(McResult { acc: correct as f64 / n, acc_norm: correct_norm as f64 / n, items: items.len(), loglikelihoods: lls })
+}
+
+/// A progress bar on stderr (drawn only on a terminal).
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template"));
+    bar.set_prefix(what.to_string());
+    bar
 }
 
 /// SQuAD's answer normalisation: lower case, no punctuation, no English articles, single spaces.
@@ -293,12 +304,15 @@ pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos
     }
     let opts = crate::generate::GenOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, stop: vec!["\n\n".into(), "\nQuestion:".into()], seed: 0 };
     let mut preds = Vec::with_capacity(items.len());
+    let bar = progress(items.len(), "qa");
     for chunk in items.chunks(batch_size.max(1)) {
+        bar.inc(chunk.len() as u64);
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|it| tok.encode(&qa_prompt(it, dev, shots), true)).collect::<Result<_>>()?;
         for g in crate::generate::generate(model, adapter, tok, &prompts, &[eos], pad, &opts)? {
             preds.push(g.text.trim().to_string());
         }
     }
+    bar.finish_and_clear();
     Ok((score_qa(&preds, items), preds))
 }
 
