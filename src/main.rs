@@ -34,6 +34,9 @@ struct RecipeArgs {
     /// Only runs i, i+n, i+2n, … of the grid (0 ≤ i < n), e.g. --shard $SLURM_ARRAY_TASK_ID/8.
     #[arg(long, value_name = "i/n")]
     shard: Option<String>,
+    /// Only this run of the grid (repeatable; names as `trainer plan` shows them).
+    #[arg(long, value_name = "RUN")]
+    only: Vec<String>,
 }
 
 impl RecipeArgs {
@@ -45,6 +48,7 @@ impl RecipeArgs {
             model: self.model.clone(),
             device: self.device.clone(),
             shard: self.shard.as_deref().map(trainer::sweep::parse_shard).transpose()?,
+            only: self.only.clone(),
         })
     }
 }
@@ -64,7 +68,8 @@ enum Command {
         /// "text" (default) or "json": one JSON event per line on stdout (run_start, step, eval, run_end, ...).
         #[arg(long, default_value = "text")]
         log_format: String,
-        /// Run one run per GPU at a time on these CUDA devices, e.g. --gpus 0,1,2,3.
+        /// Train on these CUDA devices, one run per GPU at a time, each GPU taking the next run when its current
+        /// one ends, e.g. --gpus 0,1,2,3.
         #[arg(long, value_delimiter = ',')]
         gpus: Vec<usize>,
     },
@@ -301,16 +306,18 @@ fn real_main() -> Result<i32> {
     }
 }
 
-/// `--gpus`: one child `trainer run` per GPU, each on its shard of the grid, then one report over all of them.
+/// `--gpus`: runs handed out one at a time, each GPU taking the next as soon as its current run ends (runs of
+/// different models and sizes take very different times), each run a child `trainer run --only RUN --device
+/// cuda:G`; then one report over all of them.
 fn run_on_gpus(args: &RecipeArgs, opts: &Options, gpus: &[usize], log_format: &str) -> Result<i32> {
-    if args.shard.is_some() || args.device.is_some() {
-        anyhow::bail!("--gpus picks the shard and device of each child: drop --shard and --device");
+    if args.device.is_some() {
+        anyhow::bail!("--gpus picks each run's device: drop --device");
     }
     let exe = std::env::current_exe().context("cannot find the trainer binary")?;
-    let mut children = Vec::new();
-    for (i, gpu) in gpus.iter().enumerate() {
+    let mut queue: std::collections::VecDeque<String> = trainer::sweep::run_names(&args.recipe, opts)?.into();
+    let spawn = |run: &str, gpu: usize| -> Result<std::process::Child> {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("run").arg(&args.recipe).args(["--shard", &format!("{i}/{}", gpus.len()), "--device", &format!("cuda:{gpu}"), "--log-format", log_format]);
+        cmd.arg("run").arg(&args.recipe).args(["--only", run, "--device", &format!("cuda:{gpu}"), "--log-format", log_format]);
         if log_format != "json" {
             cmd.arg("--quiet");
         }
@@ -326,18 +333,41 @@ fn run_on_gpus(args: &RecipeArgs, opts: &Options, gpus: &[usize], log_format: &s
         for o in &args.overrides {
             cmd.args(["--set", o]);
         }
-        children.push((gpu, cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?));
-    }
-    let mut code = 0;
-    for (gpu, mut child) in children {
-        let status = child.wait()?;
-        if !status.success() {
-            eprintln!("the runs on GPU {gpu} did not all succeed ({status})");
-            code = status.code().unwrap_or(1);
+        cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))
+    };
+    let mut busy: Vec<Option<(String, std::process::Child)>> = gpus.iter().map(|_| None).collect();
+    let mut failed = Vec::new();
+    loop {
+        for (slot, &gpu) in busy.iter_mut().zip(gpus) {
+            if slot.is_none() {
+                if let Some(run) = queue.pop_front() {
+                    eprintln!("{run}: on cuda:{gpu}");
+                    *slot = Some((run.clone(), spawn(&run, gpu)?));
+                }
+            }
+        }
+        if busy.iter().all(Option::is_none) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for slot in busy.iter_mut() {
+            if let Some((run, child)) = slot {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        failed.push(run.clone());
+                    }
+                    *slot = None;
+                }
+            }
         }
     }
     let recipe = trainer::sweep::load_recipe(&args.recipe, opts)?;
     let path = trainer::sweep::report::write(&recipe.output_dir)?;
     eprintln!("report: {}", path.display());
-    Ok(code)
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!("error: {} run(s) did not succeed: {}", failed.len(), failed.join(", "));
+        Ok(1)
+    }
 }

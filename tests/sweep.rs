@@ -425,26 +425,32 @@ fn multi_turn_conversations_train_with_a_chat_template() {
     assert!(langs.values().all(|l| l["loss"].as_f64().unwrap().is_finite() && l["examples"] == 2));
 }
 
-/// `--gpus` starts one `trainer run --shard k/n --device cuda:G` per GPU and reports over all of them. This build
-/// (or machine) may have no CUDA, so the children's runs fail — with the device each was given, which shows
-/// how the grid was split.
+/// `--gpus` hands the runs out one at a time, a child `trainer run --only RUN --device cuda:G` each, and reports
+/// over all of them. This build has no CUDA, so every child fails — naming the device it was given.
 #[test]
-fn gpus_split_the_grid_into_one_child_per_device() {
+fn gpus_hand_out_runs_one_child_per_device() {
     if cfg!(feature = "cuda") {
-        return; // on a CUDA build the runs would train; this checks the split on CPU builds
+        return; // on a CUDA build the runs would train; this checks the hand-out on CPU builds
     }
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path(), "");
     let out = dir.path().join("out");
     let o = trainer(&["run", r.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--gpus", "2,5", "--set", "train.lr=[1e-3, 1e-4]"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let grid = ["es-native-lr1e-3", "es-native-lr1e-4", "es-translated-lr1e-3", "es-translated-lr1e-4", "es-round-trip-lr1e-3", "es-round-trip-lr1e-4"];
-    for (k, run) in grid.iter().enumerate() {
-        let s = json(&out.join(run).join("run.json"));
-        let gpu = if k % 2 == 0 { "cuda:2" } else { "cuda:5" };
-        assert!(s["error"].as_str().unwrap().contains(&format!("device `{gpu}`")), "{run} belongs to shard {}/2: {s}", k % 2);
+    assert!(stderr(&o).contains("6 run(s) did not succeed"), "{}", stderr(&o));
+    let mut used = std::collections::BTreeSet::new();
+    for run in ["es-native-lr1e-3", "es-native-lr1e-4", "es-translated-lr1e-3", "es-translated-lr1e-4", "es-round-trip-lr1e-3", "es-round-trip-lr1e-4"] {
+        let e = json(&out.join(run).join("run.json"))["error"].as_str().unwrap().to_string();
+        let gpu = ["cuda:2", "cuda:5"].into_iter().find(|g| e.contains(&format!("device `{g}`"))).unwrap_or_else(|| panic!("{run}: {e}"));
+        used.insert(gpu);
     }
+    assert_eq!(used.len(), 2, "both GPUs took runs");
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("6 runs: 0 finished, 6 failed"));
-    let o = trainer(&["run", r.to_str().unwrap(), "--gpus", "0", "--shard", "0/2"]);
-    assert!(stderr(&o).contains("drop --shard and --device"), "{}", stderr(&o));
+    let o = trainer(&["run", r.to_str().unwrap(), "--gpus", "0", "--device", "cpu"]);
+    assert!(stderr(&o).contains("drop --device"), "{}", stderr(&o));
+    // --only picks runs by name, and names outside the grid are refused.
+    let p = plan(&[r.to_str().unwrap(), "--only", "es-translated-lr1e-3"]);
+    assert_eq!(names(&p), ["es-translated-lr1e-3"]);
+    let o = trainer(&["plan", r.to_str().unwrap(), "--only", "es-native-lr9"]);
+    assert!(stderr(&o).contains("--only es-native-lr9: no such run"), "{}", stderr(&o));
 }

@@ -63,6 +63,8 @@ pub struct Options {
     pub device: Option<String>,
     /// `--shard i/n`: only runs i, i+n, i+2n, … (0-based) of the grid.
     pub shard: Option<(usize, usize)>,
+    /// `--only NAME`: only these runs of the grid.
+    pub only: Vec<String>,
 }
 
 /// Parses `--shard i/n`.
@@ -208,7 +210,7 @@ fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<Stri
 pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun>, BadRecords)> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
-    let runs = shard(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts.shard);
+    let runs = select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?;
     let mut out = Vec::new();
     let mut bad = BadRecords::default();
     for (mi, model) in models.iter().enumerate() {
@@ -229,11 +231,24 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun
     Ok((out, bad))
 }
 
-fn shard(runs: Vec<GridRun>, shard: Option<(usize, usize)>) -> Vec<GridRun> {
-    match shard {
-        None => runs,
-        Some((i, n)) => runs.into_iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, g)| g).collect(),
+/// The runs of the grid this invocation trains: its shard, and only the named runs when names are given.
+pub fn select(runs: Vec<GridRun>, opts: &Options) -> Result<Vec<GridRun>> {
+    if let Some(unknown) = opts.only.iter().find(|n| !runs.iter().any(|g| &g.name == *n)) {
+        bail!("--only {unknown}: no such run in the grid (`trainer plan` lists them)");
     }
+    Ok(runs
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| opts.shard.is_none_or(|(i, n)| k % n == i))
+        .filter(|(_, g)| opts.only.is_empty() || opts.only.contains(&g.name))
+        .map(|(_, g)| g)
+        .collect())
+}
+
+/// The names of the runs a recipe's grid holds (for `--gpus`, which hands them out one at a time).
+pub fn run_names(recipe_path: &Path, opts: &Options) -> Result<Vec<String>> {
+    let recipe = load_recipe(recipe_path, opts)?;
+    Ok(select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?.into_iter().map(|g| g.name).collect())
 }
 
 /// The settings a run's result depends on. A finished run is skipped, and a checkpoint resumed, only when the
@@ -271,7 +286,7 @@ pub struct SweepOutcome {
 pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<SweepOutcome> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
-    let runs = shard(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts.shard);
+    let runs = select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?;
     std::fs::create_dir_all(&recipe.output_dir).with_context(|| format!("cannot create {}", recipe.output_dir.display()))?;
     let mut progress = Progress::new(mode, runs.len());
     let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0 };
