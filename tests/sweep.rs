@@ -94,7 +94,8 @@ fn a_sweep_evaluates_keeps_the_best_reports_and_skips_finished_runs() {
         assert!(d.join("adapter/adapter_model.safetensors").is_file());
         assert!(!d.join("checkpoint.safetensors").exists(), "a finished run leaves no checkpoint");
         let csv = std::fs::read_to_string(d.join("metrics.csv")).unwrap();
-        assert_eq!(csv.lines().count(), 1 + 6 + 2 * 2, "header, 6 steps, 2 evaluations × (all + es)");
+        assert_eq!(csv.lines().count(), 1 + 6 + 2 * 3, "header, 6 steps, 2 evaluations × (all, es, set:es-test)");
+        assert!(csv.contains(",set:es-test,"));
         let cfg = json(&d.join("config.json"));
         assert_eq!(cfg["trainer"]["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(cfg["recipe"]["train"]["lr"], serde_json::json!([1e-3, 1e-4]), "the resolved recipe, --set applied");

@@ -220,7 +220,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun
         }
         let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
         let (conditions, _, b) = load_conditions(&recipe, &text, opts.data_root.as_deref())?;
-        if mi == 0 || bad.count == 0 {
+        // Bad records depend on the data, not the model: the first model's count stands for all.
+        if out.is_empty() {
             bad = b;
         }
         for g in mine {

@@ -127,7 +127,8 @@ fn write_jsonl(path: &Path, lines: &[Value]) -> Result<()> {
     crate::fsutil::write_atomic(path, text.as_bytes())
 }
 
-/// metrics.csv: one row per training step, and per evaluation one row for all languages and one per language.
+/// metrics.csv: one row per training step, and per evaluation one row for all languages, one per language and
+/// one per shared evaluation set.
 pub fn metrics_csv(history: &[Value]) -> String {
     let mut out = String::from("kind,step,epoch,language,loss,perplexity,lr,grad_norm,tokens,seconds\n");
     let num = |v: &Value, k: &str| v.get(k).map(|x| if x.is_null() { String::new() } else { x.to_string() }).unwrap_or_default();
@@ -137,11 +138,16 @@ pub fn metrics_csv(history: &[Value]) -> String {
             let ppl = h["loss"].as_f64().map(|l| l.exp().to_string()).unwrap_or_default();
             out.push_str(&format!("train,{step},{epoch},,{},{ppl},{},{},{},{}\n", num(h, "loss"), num(h, "lr"), num(h, "grad_norm"), num(h, "tokens"), num(h, "seconds")));
         } else {
-            out.push_str(&format!("eval,{step},{epoch},all,{},{},,,{},\n", num(h, "loss"), num(h, "perplexity"), num(h, "tokens")));
-            if let Some(langs) = h["languages"].as_object() {
-                for (lang, r) in langs {
-                    out.push_str(&format!("eval,{step},{epoch},{lang},{},{},,,{},\n", num(r, "loss"), num(r, "perplexity"), num(r, "tokens")));
+            let mut row = |language: &str, r: &Value| out.push_str(&format!("eval,{step},{epoch},{language},{},{},,,{},\n", num(r, "loss"), num(r, "perplexity"), num(r, "tokens")));
+            if h.get("loss").is_some() {
+                row("all", h);
+                for (lang, r) in h["languages"].as_object().into_iter().flatten() {
+                    row(lang, r);
                 }
+            }
+            // Shared evaluation sets: one row each, "set:<name>" in the language column.
+            for (set, r) in h["sets"].as_object().into_iter().flatten() {
+                row(&format!("set:{set}"), r);
             }
         }
     }
