@@ -133,3 +133,30 @@ fn generate_command_writes_one_answer_per_record() {
         assert_eq!(lines[i]["id"], records[i]["id"]);
     }
 }
+
+#[test]
+fn generate_renders_conversations_with_a_chat_template_up_to_the_answer() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chat.jsonl");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["generate", "--model", repo.join("data/tiny-llama").to_str().unwrap(), "--data", repo.join("data/samples/multiturn-es.json").to_str().unwrap()])
+        .args(["--format", "sharegpt", "--template", "chatml", "--out", out.to_str().unwrap(), "--max-new-tokens", "4", "--temperature", "0.7", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Value = serde_json::from_str(&std::fs::read_to_string(repo.join("data/samples/multiturn-es.json")).unwrap()).unwrap();
+    assert_eq!(lines.len(), 8);
+    for (l, r) in lines.iter().zip(records.as_array().unwrap()) {
+        let turns = r["conversations"].as_array().unwrap();
+        let last = turns.last().unwrap();
+        assert_eq!(l["reference"], last["value"], "the conversation's last answer is the reference");
+        let prompt = l["prompt"].as_str().unwrap();
+        // Every turn before the last answer is in the prompt, which ends asking the assistant to speak.
+        assert!(prompt.trim_end().ends_with("<|im_start|>assistant"), "{prompt}");
+        assert!(prompt.contains(turns[turns.len() - 2]["value"].as_str().unwrap()));
+        assert!(!prompt.contains(last["value"].as_str().unwrap()));
+        assert!(l["new_tokens"].as_u64().unwrap() <= 4);
+    }
+}
