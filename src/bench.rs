@@ -38,11 +38,18 @@ fn string_field(v: &Value, key: &str, loc: &impl std::fmt::Display) -> Result<St
     }
 }
 
-pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
+/// Every record of a benchmark file, parsed by `parse` (which names the record's location in its errors).
+fn read_items<T>(path: &Path, parse: impl Fn(&Value, &crate::data::record::Location) -> Result<T>) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for raw in reader::open(path)? {
         let raw = raw?;
-        let (v, loc) = (&raw.value, &raw.location);
+        out.push(parse(&raw.value, &raw.location)?);
+    }
+    Ok(out)
+}
+
+pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
+    read_items(path, |v, loc| {
         let question = string_field(v, "question", loc)?;
         let choices: Vec<String> = match v.get("choices") {
             Some(Value::Array(a)) if a.len() >= 2 => a.iter().map(|c| c.as_str().map(str::to_string).with_context(|| format!("{loc}: every choice must be a string"))).collect::<Result<_>>()?,
@@ -55,18 +62,14 @@ pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
             _ => None,
         };
         match answer {
-            Some(a) if a < choices.len() => out.push(McItem { question, choices, answer: a }),
+            Some(a) if a < choices.len() => Ok(McItem { question, choices, answer: a }),
             _ => bail!("{loc}: field `answer` must be a choice index (0-based) or letter within the {} choices", choices.len()),
         }
-    }
-    Ok(out)
+    })
 }
 
 pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
-    let mut out = Vec::new();
-    for raw in reader::open(path)? {
-        let raw = raw?;
-        let (v, loc) = (&raw.value, &raw.location);
+    read_items(path, |v, loc| {
         let question = string_field(v, "question", loc)?;
         let answers: Vec<String> = match v.get("answer").or_else(|| v.get("answers")) {
             Some(Value::String(s)) => vec![s.clone()],
@@ -74,9 +77,8 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
             Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|x| x.as_str().map(str::to_string).or_else(|| x.as_number().map(|n| n.to_string())).with_context(|| format!("{loc}: answers must be strings or numbers"))).collect::<Result<_>>()?,
             _ => bail!("{loc}: field `answer` must be a string, a number or a non-empty list"),
         };
-        out.push(QaItem { question, answers });
-    }
-    Ok(out)
+        Ok(QaItem { question, answers })
+    })
 }
 
 /// How a multiple-choice item becomes text.

@@ -6,20 +6,26 @@ use crate::model::Model;
 use anyhow::Result;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Loss and perplexity over a set of examples (also each language's share of a [`HeldoutResult`]).
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalResult {
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     pub tokens: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub perplexity: f64,
     pub examples: usize,
 }
 
 pub fn evaluate(model: &Model, adapter: Option<&Adapter>, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+    evaluate_refs(model, adapter, &examples.iter().collect::<Vec<_>>(), batch_size, pad_id)
+}
+
+fn evaluate_refs(model: &Model, adapter: Option<&Adapter>, examples: &[&Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
     let mut nll = 0f64;
     let mut tokens = 0usize;
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let batch = Batch::pad(&refs, pad_id);
+    for refs in examples.chunks(batch_size.max(1)) {
+        let batch = Batch::pad(refs, pad_id);
         nll += model.loss_sum(&batch, adapter)?;
         tokens += batch.target_tokens();
     }
@@ -42,36 +48,26 @@ pub struct HeldoutResult {
     pub tokens: usize,
     pub examples: usize,
     /// Per language label ("" = unlabelled); token-weighted, so the languages combine into the overall loss.
-    pub languages: std::collections::BTreeMap<String, LanguageResult>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
-pub struct LanguageResult {
-    #[serde(deserialize_with = "nan_if_null")]
-    pub loss: f64,
-    #[serde(deserialize_with = "nan_if_null")]
-    pub perplexity: f64,
-    pub tokens: usize,
-    pub examples: usize,
+    pub languages: std::collections::BTreeMap<String, EvalResult>,
 }
 
 /// Evaluates `examples`, grouping the loss by `labels` (one per example). Each language is batched on its own, so
 /// its loss does not depend on which other languages share the held-out set.
 pub fn evaluate_by_language(model: &Model, adapter: Option<&Adapter>, examples: &[Example], labels: &[String], batch_size: usize, pad_id: u32) -> Result<HeldoutResult> {
     anyhow::ensure!(examples.len() == labels.len(), "one language label per held-out example");
-    let mut groups: std::collections::BTreeMap<&str, Vec<Example>> = Default::default();
+    let mut groups: std::collections::BTreeMap<&str, Vec<&Example>> = Default::default();
     for (e, l) in examples.iter().zip(labels) {
-        groups.entry(l.as_str()).or_default().push(e.clone());
+        groups.entry(l.as_str()).or_default().push(e);
     }
     let (mut nll, mut tokens) = (0f64, 0usize);
     let mut languages = std::collections::BTreeMap::new();
     for (label, group) in groups {
-        let r = evaluate(model, adapter, &group, batch_size, pad_id)?;
+        let r = evaluate_refs(model, adapter, &group, batch_size, pad_id)?;
         if r.tokens > 0 {
             nll += r.loss * r.tokens as f64;
         }
         tokens += r.tokens;
-        languages.insert(label.to_string(), LanguageResult { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens, examples: r.examples });
+        languages.insert(label.to_string(), r);
     }
     let loss = if tokens > 0 { nll / tokens as f64 } else { f64::NAN };
     Ok(HeldoutResult { loss, perplexity: loss.exp(), tokens, examples: examples.len(), languages })
@@ -176,10 +172,8 @@ impl TaskSpec {
         let what = || format!("{} {}", self.task, self.path.display());
         Ok(match self.task.as_str() {
             "loss" => {
-                use crate::data::pipeline::{read_source, BadRecords, SourceSpec};
                 let format = crate::data::format::Format::parse(&self.format)?;
-                let spec = SourceSpec { name: self.path.display().to_string(), path: self.path.clone(), format, fields: Default::default(), language: self.language.clone(), origin: None, engine: None, id_languages: Default::default() };
-                let records = read_source(&spec, false, &mut BadRecords::default()).with_context(what)?;
+                let records = crate::data::pipeline::read_file(&self.path, format, self.language.clone()).with_context(what)?;
                 let encoder = session.text.encoder(&self.template, self.max_seq_len, crate::data::TrainOn::Response)?;
                 Task::Loss {
                     examples: encoder.encode_all(&records)?,

@@ -137,17 +137,15 @@ struct AnswerLine<'a> {
 
 /// Generates an answer for every record of `data` and writes them as JSONL to `out` (through a temporary file).
 pub fn generate_file(session: &crate::session::Session, adapter: Option<&Adapter>, data: &std::path::Path, format: crate::data::format::Format, template: &str, batch_size: usize, opts: &GenOptions, out: &std::path::Path) -> Result<usize> {
-    use crate::data::pipeline::{read_source, BadRecords, SourceSpec};
     use crate::data::record::Role;
     use anyhow::Context;
     use std::io::Write;
-    let spec = SourceSpec { name: data.display().to_string(), path: data.to_path_buf(), format, fields: Default::default(), language: None, origin: None, engine: None, id_languages: Default::default() };
-    let records = read_source(&spec, false, &mut BadRecords::default())?;
+    let records = crate::data::pipeline::read_file(data, format, None)?;
     let encoder = session.text.encoder(template, usize::MAX, crate::data::TrainOn::Response)?;
     let prompts: Vec<Vec<u32>> = records.iter().map(|r| encoder.prompt_ids(r).with_context(|| r.location.to_string())).collect::<Result<_>>()?;
     let bar = indicatif::ProgressBar::new(records.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("generate [{bar:30}] {pos}/{len} {elapsed} eta {eta}").expect("valid template"));
-    let tmp = out.with_file_name(format!(".{}.{}.tmp", out.file_name().context("--out has no file name")?.to_string_lossy(), std::process::id()));
+    let tmp = crate::fsutil::temp_path(out)?;
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
     let eos = [session.text.eos_id];
     // Batches of similar prompt length waste less on padding; the output keeps the file's order.

@@ -110,7 +110,7 @@ pub fn merge(model: &str, adapter_dir: &Path, out: &Path) -> Result<MergeSummary
         metadata.entry("format".into()).or_insert_with(|| "pt".into());
         let name = path.file_name().context("weights file has no name")?;
         let target = out.join(name);
-        let tmp = out.join(format!(".{}.tmp", name.to_string_lossy()));
+        let tmp = crate::fsutil::temp_path(&target)?;
         safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &target)?;
         summary.files.push(target);
@@ -127,7 +127,7 @@ pub fn merge(model: &str, adapter_dir: &Path, out: &Path) -> Result<MergeSummary
             continue;
         }
         let target = out.join(&name);
-        let tmp = out.join(format!(".{}.tmp", name.to_string_lossy()));
+        let tmp = crate::fsutil::temp_path(&target)?;
         std::fs::copy(entry.path(), &tmp).with_context(|| format!("cannot copy {}", entry.path().display()))?;
         std::fs::rename(&tmp, &target)?;
     }

@@ -4,8 +4,8 @@
 use crate::checkpoint::{self, ModelFiles};
 use crate::config::ModelConfig;
 use crate::data::batch::Example;
-use crate::data::format::{FieldMap, Format};
-use crate::data::pipeline::{read_source, BadRecords, Encoder, PromptTemplate, SourceSpec};
+use crate::data::format::Format;
+use crate::data::pipeline::{Encoder, PromptTemplate};
 use crate::data::TrainOn;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
@@ -62,17 +62,7 @@ impl ModelText {
 
     /// Reads one data file (every record must be good) and tokenizes it with `template`.
     pub fn examples(&self, path: &Path, format: Format, template: &str, max_seq_len: usize, train_on: TrainOn) -> Result<Vec<Example>> {
-        let spec = SourceSpec {
-            name: path.display().to_string(),
-            path: path.to_path_buf(),
-            format,
-            fields: FieldMap::default(),
-            language: None,
-            origin: None,
-            engine: None,
-            id_languages: Default::default(),
-        };
-        let records = read_source(&spec, false, &mut BadRecords::default())?;
+        let records = crate::data::pipeline::read_file(path, format, None)?;
         self.encoder(template, max_seq_len, train_on)?.encode_all(&records)
     }
 }

@@ -195,6 +195,21 @@ pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords) -> Resul
     Ok(out)
 }
 
+/// Reads one whole data file outside a recipe (`eval`, `generate`): every record must be good.
+pub fn read_file(path: &Path, format: Format, language: Option<String>) -> Result<Vec<Record>> {
+    let spec = SourceSpec {
+        name: path.display().to_string(),
+        path: path.to_path_buf(),
+        format,
+        fields: FieldMap::default(),
+        language,
+        origin: None,
+        engine: None,
+        id_languages: BTreeMap::new(),
+    };
+    read_source(&spec, false, &mut BadRecords::default())
+}
+
 /// How records become token sequences.
 pub enum PromptTemplate {
     Alpaca,

@@ -58,11 +58,7 @@ impl Model {
         let cfg = &self.cfg;
         let rope = RopeTables::new(&positions, cfg.head_dim, cfg.rope_theta, self.dtype, &self.device)?;
         let mask = self.decode_mask(&cache.key_valid, t)?;
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let mut x = self.embed.index_select(&Tensor::from_vec(flat, b * t, &self.device)?, 0)?.reshape((b, t, cfg.hidden_size))?;
-        if let Some(s) = cfg.embedding_scale {
-            x = x.broadcast_mul(&Tensor::new(s as f32, &self.device)?.to_dtype(self.dtype)?)?;
-        }
+        let mut x = self.embed_rows(ids)?;
         for li in 0..self.layers.len() {
             x = self.decode_layer(li, &x, &rope, &mask, cache, adapter)?;
         }

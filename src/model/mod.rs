@@ -148,8 +148,13 @@ impl Model {
     }
 
     fn embed(&self, batch: &Batch) -> Result<Tensor> {
-        let (b, t) = (batch.size(), batch.seq_len());
-        let ids: Vec<u32> = batch.ids.iter().flatten().copied().collect();
+        self.embed_rows(&batch.ids)
+    }
+
+    /// Embeddings `[B, T, H]` of token rows of equal length.
+    pub(crate) fn embed_rows(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
+        let (b, t) = (rows.len(), rows.first().map_or(0, Vec::len));
+        let ids: Vec<u32> = rows.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, b * t, &self.device)?;
         let x = self.embed.index_select(&ids, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         match self.cfg.embedding_scale {

@@ -169,7 +169,8 @@ fn target_tokens(examples: &[Example]) -> usize {
     examples.iter().map(Example::target_tokens).sum()
 }
 
-fn total_steps(recipe: &Recipe, sequences: usize) -> usize {
+/// Optimizer steps of a run over `sequences` training sequences: max_steps, or epochs × batches per epoch.
+pub(crate) fn total_steps(recipe: &Recipe, sequences: usize) -> usize {
     let t = &recipe.train;
     t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * sequences.div_ceil(t.batch_size))
 }
@@ -210,7 +211,7 @@ fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<Stri
 pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun>, BadRecords)> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
-    let runs = select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?;
+    let runs = selected_runs(&recipe, opts)?;
     let mut out = Vec::new();
     let mut bad = BadRecords::default();
     for (mi, model) in models.iter().enumerate() {
@@ -246,10 +247,15 @@ pub fn select(runs: Vec<GridRun>, opts: &Options) -> Result<Vec<GridRun>> {
         .collect())
 }
 
+/// The grid of a loaded recipe, narrowed to what the command line selects.
+fn selected_runs(recipe: &Recipe, opts: &Options) -> Result<Vec<GridRun>> {
+    select(grid(recipe, &condition_names(recipe, opts.data_root.as_deref())?), opts)
+}
+
 /// The names of the runs a recipe's grid holds (for `--gpus`, which hands them out one at a time).
 pub fn run_names(recipe_path: &Path, opts: &Options) -> Result<Vec<String>> {
     let recipe = load_recipe(recipe_path, opts)?;
-    Ok(select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?.into_iter().map(|g| g.name).collect())
+    Ok(selected_runs(&recipe, opts)?.into_iter().map(|g| g.name).collect())
 }
 
 /// The settings a run's result depends on. A finished run is skipped, and a checkpoint resumed, only when the
@@ -287,7 +293,7 @@ pub struct SweepOutcome {
 pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<SweepOutcome> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
-    let runs = select(grid(&recipe, &condition_names(&recipe, opts.data_root.as_deref())?), opts)?;
+    let runs = selected_runs(&recipe, opts)?;
     std::fs::create_dir_all(&recipe.output_dir).with_context(|| format!("cannot create {}", recipe.output_dir.display()))?;
     let mut progress = Progress::new(mode, runs.len());
     let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0 };

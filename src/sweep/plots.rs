@@ -38,7 +38,7 @@ pub fn write(dir: &Path, runs: &[RunSummary]) -> Result<Vec<(String, PathBuf)>> 
         let rel = PathBuf::from("plots").join(format!("{condition}.svg"));
         let path = dir.join(&rel);
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        let tmp = path.with_file_name(format!(".{condition}.svg.{}.tmp", std::process::id()));
+        let tmp = crate::fsutil::temp_path(&path)?;
         draw(&tmp, &condition, &series).map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
         std::fs::rename(&tmp, &path)?;
         out.push((condition, rel));

@@ -135,6 +135,29 @@ fn mean_sd(xs: &[f64]) -> String {
     format!("{mean:.2} ± {sd:.2} (n={})", xs.len())
 }
 
+/// For each model and lr, a table with one row per `rows` entry (key, label) and one column per origin; a cell
+/// is the mean ± sd of `value` over that origin's runs (–: none).
+fn origin_tables(md: &mut String, runs: &[&RunSummary], first_column: &str, rows: impl Fn(&[&RunSummary]) -> Vec<(String, String)>, value: impl Fn(&RunSummary, &str) -> Option<f64>) {
+    let groups: BTreeSet<(String, String)> = runs.iter().map(|r| (r.model.clone(), format!("{:e}", r.lr))).collect();
+    for (model, lr) in groups {
+        let group: Vec<&RunSummary> = runs.iter().copied().filter(|r| r.model == model && format!("{:e}", r.lr) == lr).collect();
+        let origins: BTreeSet<String> = group.iter().map(|r| origin_of(r)).collect();
+        let _ = writeln!(md, "### {model}, lr {lr}\n");
+        let _ = writeln!(md, "| {first_column} | {} |", origins.iter().cloned().collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(md, "|---|{}", "---|".repeat(origins.len()));
+        for (key, label) in rows(&group) {
+            let mut row = format!("| {label} |");
+            for o in &origins {
+                let xs: Vec<f64> = group.iter().filter(|r| &origin_of(r) == o).filter_map(|r| value(r, &key)).collect();
+                let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
+            }
+            md.push_str(&row);
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+}
+
 fn origin_of(r: &RunSummary) -> String {
     if r.origins.is_empty() {
         "?".into()
@@ -151,73 +174,50 @@ pub fn markdown(runs: &[RunSummary], plots: &[(String, PathBuf)]) -> String {
 
     // The comparison: for each model and lr, one row per language and one column per origin, held-out
     // perplexity of that language (of the adapter kept), over single-language conditions.
-    let mono: Vec<&&RunSummary> = ok.iter().filter(|r| r.languages.len() == 1 && r.heldout.is_some()).collect();
+    let mono: Vec<&RunSummary> = ok.iter().copied().filter(|r| r.languages.len() == 1 && r.heldout.is_some()).collect();
     if !mono.is_empty() {
         md.push_str("## Held-out perplexity: native vs translated vs round-trip\n\n");
         md.push_str("Each cell: perplexity on the run's own held-out share of that language (lower is better), for the adapter kept; mean ± sd over seeds when there are several.\n\n");
-        let groups: BTreeSet<(String, String)> = mono.iter().map(|r| (r.model.clone(), format!("{:e}", r.lr))).collect();
-        for (model, lr) in groups {
-            let cell_runs: Vec<&&&RunSummary> = mono.iter().filter(|r| r.model == model && format!("{:e}", r.lr) == lr).collect();
-            let origins: BTreeSet<String> = cell_runs.iter().map(|r| origin_of(r)).collect();
-            let langs: BTreeSet<String> = cell_runs.iter().map(|r| r.languages[0].clone()).collect();
-            let _ = writeln!(md, "### {model}, lr {lr}\n");
-            let _ = writeln!(md, "| language | {} |", origins.iter().cloned().collect::<Vec<_>>().join(" | "));
-            let _ = writeln!(md, "|---|{}", "---|".repeat(origins.len()));
-            for l in &langs {
-                let mut row = format!("| {l} |");
-                for o in &origins {
-                    let xs: Vec<f64> = cell_runs
-                        .iter()
-                        .filter(|r| &r.languages[0] == l && &origin_of(r) == o)
-                        .filter_map(|r| r.heldout.as_ref().and_then(|h| h.languages.get(l).map(|x| x.perplexity)))
-                        .collect();
-                    let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
-                }
-                md.push_str(&row);
-                md.push('\n');
-            }
-            md.push('\n');
-        }
+        origin_tables(
+            &mut md,
+            &mono,
+            "language",
+            |group| group.iter().map(|r| r.languages[0].clone()).collect::<BTreeSet<_>>().into_iter().map(|l| (l.clone(), l)).collect(),
+            |r, l| r.heldout.as_ref().filter(|_| r.languages[0] == l).and_then(|h| h.languages.get(l)).map(|x| x.perplexity),
+        );
     }
 
     // Shared sets: every run evaluated on the same data. A set of one language compares the runs trained on that
     // language across origins; the CSV has every run on every set (cross-lingual results included).
-    let with_sets: Vec<&&RunSummary> = ok.iter().filter(|r| !r.sets.is_empty()).collect();
+    let with_sets: Vec<&RunSummary> = ok.iter().copied().filter(|r| !r.sets.is_empty()).collect();
     if !with_sets.is_empty() {
         md.push_str("## Shared evaluation sets: perplexity by origin\n\n");
         md.push_str("Each cell: perplexity on the whole set (the same data for every run), of the runs trained on the set's language; mean ± sd over seeds when there are several.\n\n");
-        let groups: BTreeSet<(String, String)> = with_sets.iter().map(|r| (r.model.clone(), format!("{:e}", r.lr))).collect();
-        for (model, lr) in groups {
-            let group: Vec<&&&RunSummary> = with_sets.iter().filter(|r| r.model == model && format!("{:e}", r.lr) == lr).collect();
-            let origins: BTreeSet<String> = group.iter().map(|r| origin_of(r)).collect();
-            let set_names: BTreeSet<&String> = group.iter().flat_map(|r| r.sets.keys()).collect();
-            let _ = writeln!(md, "### {model}, lr {lr}\n");
-            let _ = writeln!(md, "| set | {} |", origins.iter().cloned().collect::<Vec<_>>().join(" | "));
-            let _ = writeln!(md, "|---|{}", "---|".repeat(origins.len()));
-            for set in set_names {
-                // The set's language, when it has exactly one.
-                let set_lang: Option<String> = group.iter().find_map(|r| r.sets.get(set)).and_then(|x| {
-                    let langs: Vec<&String> = x.languages.keys().filter(|l| !l.is_empty()).collect();
-                    (langs.len() == 1).then(|| langs[0].clone())
-                });
-                let mut row = match &set_lang {
-                    Some(l) => format!("| {set} ({l}) |"),
-                    None => format!("| {set} |"),
-                };
-                for o in &origins {
-                    let xs: Vec<f64> = group
-                        .iter()
-                        .filter(|r| &origin_of(r) == o)
-                        .filter(|r| set_lang.as_ref().is_none_or(|l| r.languages.len() == 1 && &r.languages[0] == l))
-                        .filter_map(|r| r.sets.get(set).map(|x| x.perplexity))
-                        .collect();
-                    let _ = write!(row, " {} |", if xs.is_empty() { "–".into() } else { mean_sd(&xs) });
-                }
-                md.push_str(&row);
-                md.push('\n');
-            }
-            md.push('\n');
-        }
+        // The set's language, when it has exactly one.
+        let set_language = |x: &crate::eval::HeldoutResult| {
+            let langs: Vec<&String> = x.languages.keys().filter(|l| !l.is_empty()).collect();
+            (langs.len() == 1).then(|| langs[0].clone())
+        };
+        origin_tables(
+            &mut md,
+            &with_sets,
+            "set",
+            |group| {
+                let names: BTreeSet<&String> = group.iter().flat_map(|r| r.sets.keys()).collect();
+                names
+                    .into_iter()
+                    .map(|set| {
+                        let lang = group.iter().find_map(|r| r.sets.get(set)).and_then(set_language);
+                        (set.clone(), lang.map_or_else(|| set.clone(), |l| format!("{set} ({l})")))
+                    })
+                    .collect()
+            },
+            |r, set| {
+                let x = r.sets.get(set)?;
+                let trained_on_it = set_language(x).is_none_or(|l| r.languages.len() == 1 && r.languages[0] == l);
+                trained_on_it.then_some(x.perplexity)
+            },
+        );
     }
 
     let multi: Vec<&&RunSummary> = ok.iter().filter(|r| r.languages.len() > 1 && r.heldout.is_some()).collect();

@@ -187,7 +187,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let mut adapter = initial_adapter(recipe, model, input.seed)?;
     let micro = t.micro_batch_size.unwrap_or(t.batch_size);
     let steps_per_epoch = input.train_seqs.len().div_ceil(t.batch_size);
-    let total_steps = t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * steps_per_epoch);
+    let total_steps = super::total_steps(recipe, input.train_seqs.len());
     let plan = TrainPlan {
         lr: input.lr,
         total_steps,

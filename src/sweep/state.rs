@@ -40,7 +40,7 @@ pub fn save(path: &Path, adapter: &Adapter, opt: &AdamW, position: &Position) ->
         tensors.push((format!("adam_v.{i:05}"), v[i].clone()));
     }
     let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(position)?)]);
-    let tmp = path.with_file_name(".checkpoint.safetensors.tmp");
+    let tmp = crate::fsutil::temp_path(path)?;
     safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
