@@ -11,7 +11,7 @@ use trainer::data::TrainOn;
 use trainer::session::ModelText;
 
 fn main() -> anyhow::Result<()> {
-    let shared = trainer::testing::shared_dir();
+    let shared = trainer::testing::shared_root();
     let file = shared.join("data/good-data-or-bad-eval/aya_native/aya_native_data_processed.es.json");
     // The Llama-2 tokenizer with the tiny model's config: a model directory assembled in a temp folder.
     let llama2 = tempfile::tempdir()?;

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 /// The files of one checkpoint.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
-    /// How the user named the model (used as `base_model_name_or_path` in exported adapters).
+    /// How the user named the model.
     pub name: String,
+    /// The hub id (without revision) when the model was found in the Hugging Face cache.
+    pub hub_id: Option<String>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
@@ -61,7 +63,7 @@ pub fn locate(spec: &str, base_dir: Option<&Path>) -> Result<ModelFiles> {
             .repo(hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision));
         if let Some(config) = repo.get("config.json") {
             let dir = config.parent().context("cached config.json has no parent directory")?.to_path_buf();
-            return from_dir(spec, &dir);
+            return Ok(ModelFiles { hub_id: Some(id.to_string()), ..from_dir(spec, &dir)? });
         }
         tried.push(format!("the Hugging Face cache {} (models--{}, offline)", cache.display(), id.replace('/', "--")));
     }
@@ -98,6 +100,7 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
     };
     Ok(ModelFiles {
         name: name.to_string(),
+        hub_id: None,
         dir: dir.to_path_buf(),
         config,
         weights,
@@ -105,6 +108,17 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
         tokenizer_config: optional("tokenizer_config.json"),
         generation_config: optional("generation_config.json"),
     })
+}
+
+impl ModelFiles {
+    /// How an exported adapter names its base model (`base_model_name_or_path`), so that PEFT finds it from any
+    /// working directory: the hub id for a hub model, else the folder's absolute path.
+    pub fn reference(&self) -> String {
+        match &self.hub_id {
+            Some(id) => id.clone(),
+            None => std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone()).to_string_lossy().into_owned(),
+        }
+    }
 }
 
 /// Memory-mapped tensors of a checkpoint, checked by name and shape as they are taken.

@@ -62,6 +62,8 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// The longest sequence the model was trained for (`max_position_embeddings`), if stated.
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
@@ -207,6 +209,7 @@ impl ModelConfig {
             bos_token_id: token_ids(obj.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(obj.get("eos_token_id")),
             pad_token_id: token_ids(obj.get("pad_token_id")).first().copied(),
+            max_position_embeddings: opt_usize("max_position_embeddings"),
         })
     }
 
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn real_gemma_config_uses_tanh_gelu_and_offsets() {
-        let path = crate::testing::shared_dir().join("tokenizers/configs/gemma-2b.config.json");
+        let Some(path) = crate::testing::shared("tokenizers/configs/gemma-2b.config.json") else { return };
         let c = ModelConfig::from_file(&path).unwrap();
         assert_eq!(c.family, Family::Gemma);
         assert_eq!(c.activation, Activation::GeluTanh);

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod names;
 pub mod ops;
 pub mod optim;
 pub mod recipe;

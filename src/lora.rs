@@ -141,7 +141,13 @@ impl Adapter {
                     if tensor.dims() != shape {
                         bail!("{}: tensor `{key}` has shape {:?}, expected {shape:?}", weights_path.display(), tensor.dims());
                     }
-                    Ok(tensor.to_dtype(DType::F32)?)
+                    let tensor = tensor.to_dtype(DType::F32)?;
+                    // A NaN or Inf factor makes every loss NaN: refuse it here, where the tensor can be named.
+                    let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+                    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                        bail!("{}: tensor `{key}` holds {} at flat index {i}: the adapter is broken (a diverged run?)", weights_path.display(), values[i]);
+                    }
+                    Ok(tensor)
                 };
                 let a = take("A", [spec.r, fan_in])?;
                 let b = take("B", [out, spec.r])?;
@@ -168,10 +174,9 @@ impl Adapter {
                 }
             }
         }
-        let weights = dir.join("adapter_model.safetensors");
-        let tmp = dir.join(".adapter_model.safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights)?;
+        // PEFT writes `{"format": "pt"}`; some loaders (transformers' safe_open checks) expect it.
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        crate::fsutil::write_safetensors(&dir.join("adapter_model.safetensors"), tensors.iter().map(|(k, t)| (k.as_str(), t)), metadata)?;
         crate::fsutil::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&self.peft_config(base_model))?.as_bytes())
     }
 
@@ -186,7 +191,8 @@ impl Adapter {
             "init_lora_weights": true,
             "layers_pattern": null,
             "layers_to_transform": null,
-            "lora_alpha": self.spec.alpha,
+            // PEFT's config holds an int when alpha is one (lora_alpha: int = 8).
+            "lora_alpha": if self.spec.alpha.fract() == 0.0 && self.spec.alpha.abs() < 1e15 { json!(self.spec.alpha as i64) } else { json!(self.spec.alpha) },
             "lora_dropout": self.spec.dropout,
             "modules_to_save": null,
             "peft_type": "LORA",

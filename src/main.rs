@@ -126,9 +126,12 @@ enum Command {
         /// PEFT adapter directory.
         #[arg(long)]
         adapter: PathBuf,
-        /// A new folder for the merged checkpoint.
+        /// A new (or empty) folder for the merged checkpoint.
         #[arg(long)]
         out: PathBuf,
+        /// Merge into a folder that is not empty, replacing files of the same names.
+        #[arg(long)]
+        force: bool,
     },
     /// Rebuild report.md, report.csv and plots/ from the finished runs in an output folder.
     Report {
@@ -230,16 +233,23 @@ fn real_main() -> Result<i32> {
             }
             if mode != Mode::Json {
                 eprintln!("{total} runs finished ({} skipped as done earlier)", outcome.skipped);
+                if !outcome.busy.is_empty() {
+                    eprintln!("{} run(s) left to the other trainer process training them: {}", outcome.busy.len(), outcome.busy.join(", "));
+                }
             }
             Ok(0)
         }
         Command::Plan { args, json } => {
-            let (runs, bad) = trainer::sweep::plan_recipe(&args.recipe, &args.options(None)?)?;
+            let plan = trainer::sweep::plan_recipe(&args.recipe, &args.options(None)?)?;
+            let (runs, bad) = (&plan.runs, &plan.bad_records);
             if json {
-                println!("{}", serde_json::json!({ "runs": runs, "bad_records": bad }));
+                println!("{}", serde_json::to_string(&plan)?);
             } else {
+                for w in &plan.warnings {
+                    eprintln!("{w}");
+                }
                 println!("{:<48} {:>9} {:>5} {:>8} {:>8} {:>7} {:>12} {:>9}", "run", "lr", "seed", "train", "heldout", "steps", "train tok", "truncated");
-                for r in &runs {
+                for r in runs {
                     println!("{:<48} {:>9} {:>5} {:>8} {:>8} {:>7} {:>12} {:>9}", r.run, trainer::train::lr_label(r.lr), r.seed, r.train_examples, r.heldout_examples, r.steps, r.train_target_tokens, r.truncated_examples);
                 }
                 if bad.count > 0 {
@@ -251,6 +261,9 @@ fn real_main() -> Result<i32> {
         Command::Generate { model, adapter, data, format, template, out, max_new_tokens, temperature, top_p, stop, batch_size, seed, device, dtype } => {
             if !(temperature >= 0.0 && temperature.is_finite()) || !(top_p > 0.0 && top_p <= 1.0) {
                 anyhow::bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+            }
+            if batch_size == 0 || max_new_tokens == 0 {
+                anyhow::bail!("--batch-size and --max-new-tokens must be at least 1");
             }
             let format = Format::parse(&format).context("--format")?;
             let device = trainer::runtime::device(&device)?;
@@ -264,8 +277,8 @@ fn real_main() -> Result<i32> {
             eprintln!("{n} answers in {}", out.display());
             Ok(0)
         }
-        Command::Merge { model, adapter, out } => {
-            let s = trainer::merge::merge(&model, &adapter, &out)?;
+        Command::Merge { model, adapter, out, force } => {
+            let s = trainer::merge::merge(&model, &adapter, &out, force)?;
             eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
             Ok(0)
         }
@@ -281,8 +294,13 @@ fn real_main() -> Result<i32> {
             let spec = trainer::eval::TaskSpec::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
             let task = spec.load(&session)?;
             let from_runs = runs.is_some();
+            let mut skipped = std::collections::BTreeMap::new();
             let adapters: Vec<(String, Option<Adapter>)> = match (runs, adapter) {
-                (Some(dir), _) => trainer::eval::sweep_adapters(&dir, &session.model.cfg, &device)?.into_iter().map(|(n, a)| (n, Some(a))).collect(),
+                (Some(dir), _) => {
+                    let found = trainer::eval::sweep_adapters(&dir, &session.model.cfg, &device)?;
+                    skipped = found.skipped;
+                    found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect()
+                }
                 (None, Some(dir)) => vec![(dir.display().to_string(), Some(Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display()))?))],
                 (None, None) => vec![("base".into(), None)],
             };
@@ -294,9 +312,14 @@ fn real_main() -> Result<i32> {
                 }
                 results.insert(name.clone(), r);
             }
+            if !json {
+                for (run, why) in &skipped {
+                    eprintln!("skipped {run}: {why}");
+                }
+            }
             if json {
                 if from_runs {
-                    println!("{}", serde_json::json!({ "runs": results }));
+                    println!("{}", serde_json::json!({ "runs": results, "skipped": skipped }));
                 } else if let Some((_, only)) = results.into_iter().next() {
                     println!("{only}");
                 }

@@ -58,15 +58,18 @@ pub struct MergeSummary {
     pub files: Vec<PathBuf>,
 }
 
-pub fn merge(model: &str, adapter_dir: &Path, out: &Path) -> Result<MergeSummary> {
+/// Merges into `out`, which must be new or empty unless `force` (then files of the same names are replaced).
+pub fn merge(model: &str, adapter_dir: &Path, out: &Path, force: bool) -> Result<MergeSummary> {
     let files: ModelFiles = checkpoint::locate(model, None)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let adapter = Adapter::load_peft(adapter_dir, &cfg, &Device::Cpu).with_context(|| format!("--adapter {}", adapter_dir.display()))?;
-    if out.join("config.json").exists() {
-        bail!("{} already holds a checkpoint (config.json); merge into a new folder", out.display());
-    }
     if std::fs::canonicalize(out).ok() == std::fs::canonicalize(&files.dir).ok() {
         bail!("--out is the model's own folder; merge into a new folder");
+    }
+    if !force {
+        if let Some(entry) = std::fs::read_dir(out).ok().and_then(|mut d| d.next()).transpose()? {
+            bail!("--out {} is not empty (it holds {}); merge into a new folder, or pass --force to replace its files", out.display(), entry.file_name().to_string_lossy());
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -110,9 +113,7 @@ pub fn merge(model: &str, adapter_dir: &Path, out: &Path) -> Result<MergeSummary
         metadata.entry("format".into()).or_insert_with(|| "pt".into());
         let name = path.file_name().context("weights file has no name")?;
         let target = out.join(name);
-        let tmp = crate::fsutil::temp_path(&target)?;
-        safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &target)?;
+        crate::fsutil::write_safetensors(&target, tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)?;
         summary.files.push(target);
     }
     if let Some(missing) = deltas.iter().filter(|(_, (_, used))| !used).map(|(k, _)| k).min() {

@@ -45,6 +45,11 @@ pub struct Recipe {
     pub base_dir: PathBuf,
 }
 
+/// Sequences per optimizer step beyond any data set a LoRA study trains on.
+pub const MAX_BATCH: usize = 1 << 20;
+/// Tokens per sequence beyond any supported model's context.
+pub const MAX_SEQ_LEN: usize = 1 << 21;
+
 fn error_policy() -> String {
     "error".into()
 }
@@ -179,6 +184,39 @@ pub struct LoraSection {
     pub rslora: Option<bool>,
     /// A PEFT adapter directory to start from; its adapter_config.json fixes r, alpha and targets.
     pub init_adapter: Option<PathBuf>,
+}
+
+impl LoraSection {
+    /// The adapter these settings describe (defaults filled in), checked: r ≥ 1, alpha > 0, dropout in [0, 1),
+    /// known targets.
+    pub fn spec(&self) -> Result<crate::lora::LoraSpec> {
+        use crate::lora::Target;
+        let mut targets = match &self.targets {
+            Some(names) => names
+                .iter()
+                .map(|n| Target::parse(n).with_context(|| format!("[lora] targets: `{n}` is not one of q, k, v, o, gate, up, down")))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![Target::Q, Target::K, Target::V],
+        };
+        if targets.is_empty() {
+            bail!("[lora] targets is empty");
+        }
+        targets.sort();
+        targets.dedup();
+        let r = self.r.unwrap_or(8);
+        if r == 0 {
+            bail!("[lora] r must be at least 1");
+        }
+        let alpha = self.alpha.unwrap_or(16.0);
+        if !(alpha > 0.0 && alpha.is_finite()) {
+            bail!("[lora] alpha must be a positive number, not {alpha} (the update is scaled by alpha/r)");
+        }
+        let dropout = self.dropout.unwrap_or(0.05);
+        if !(0.0..1.0).contains(&dropout) {
+            bail!("[lora] dropout must be in [0, 1), not {dropout}");
+        }
+        Ok(crate::lora::LoraSpec { r, alpha, dropout, targets, rslora: self.rslora.unwrap_or(false) })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -374,18 +412,26 @@ impl Recipe {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks everything that can be checked without reading data or the model; `trainer plan` and `trainer
+    /// run` both call it, after the command line's changes.
+    pub fn validate(&self) -> Result<()> {
         match (&self.model, self.models.is_empty()) {
             (None, true) => bail!("no model: give [model] or [[models]]"),
             (Some(_), false) => bail!("give [model] or [[models]], not both"),
             _ => {}
         }
-        let mut names = std::collections::BTreeSet::new();
-        for m in self.models() {
-            if !names.insert(m.short_name()) {
-                bail!("[[models]]: two models are named `{}`; give them distinct `name`s", m.short_name());
+        if self.output_dir.as_os_str().is_empty() {
+            bail!("output_dir is empty: name the folder the runs are written to, e.g. output_dir = \"runs/study\"");
+        }
+        crate::names::check_component(&self.name, "name")?;
+        let models = self.models();
+        for (i, m) in models.iter().enumerate() {
+            if let Some(same) = models[..i].iter().find(|o| o.path == m.path && o.dtype == m.dtype) {
+                bail!("[[models]]: `{}` and `{}` are the same model (path {}, dtype {}); list each model once", same.short_name(), m.short_name(), m.path, m.dtype);
             }
         }
+        let names: Vec<String> = models.iter().map(ModelSection::short_name).collect();
+        crate::names::check_distinct(names.iter().map(String::as_str), "model name").context("[[models]]: give models distinct `name`s")?;
         if let Some(seeds) = &self.seeds {
             let unique: std::collections::BTreeSet<_> = seeds.iter().collect();
             if seeds.is_empty() || unique.len() != seeds.len() {
@@ -399,6 +445,9 @@ impl Recipe {
         }
         if let Some(bad) = lrs.iter().find(|&&x| !(x > 0.0 && x.is_finite())) {
             bail!("[train] lr: {bad} is not a positive learning rate");
+        }
+        if let Some((_, a)) = lrs.iter().enumerate().find(|(i, a)| lrs[..*i].contains(a)) {
+            bail!("[train] lr: {a} is listed twice; each learning rate is one run");
         }
         match (t.max_steps, t.epochs) {
             (Some(_), Some(_)) => bail!("[train]: give max_steps or epochs, not both"),
@@ -416,15 +465,24 @@ impl Recipe {
         if t.max_seq_len < 2 {
             bail!("[train] max_seq_len must be at least 2");
         }
+        // Bounds no data or model can use; the data and the model bound them further once they are read.
+        if t.batch_size > MAX_BATCH {
+            bail!("[train] batch_size {} is more than {MAX_BATCH} sequences per step, which no data set here can fill", t.batch_size);
+        }
+        if t.max_seq_len > MAX_SEQ_LEN {
+            bail!("[train] max_seq_len {} is more than {MAX_SEQ_LEN} tokens, beyond any supported model's positions", t.max_seq_len);
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            bail!("[train] weight_decay must be ≥ 0, not {}", t.weight_decay);
+        }
+        if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+            bail!("[train] max_grad_norm must be ≥ 0 (0 disables clipping), not {}", t.max_grad_norm);
+        }
         crate::optim::Schedule::parse(&t.scheduler).context("[train] scheduler")?;
         if !["f32", "bf16"].contains(&t.save_dtype.as_str()) {
             bail!("[train] save_dtype must be \"f32\" or \"bf16\"");
         }
-        if let Some(p) = self.lora.dropout {
-            if !(0.0..1.0).contains(&p) {
-                bail!("[lora] dropout must be in [0, 1)");
-            }
-        }
+        self.lora.spec()?;
         const TEMPLATES: [&str; 5] = ["alpaca", "llama2-chat", "gemma", "chatml", "model"];
         if !TEMPLATES.contains(&self.template.name.as_str()) {
             bail!("[template] name `{}` is not one of {}", self.template.name, TEMPLATES.join(", "));
@@ -457,14 +515,14 @@ impl Recipe {
             bail!("[eval] batch_size must be at least 1");
         }
         // Expanding checks names, {lang} placeholders and references between conditions and sources.
-        let mut names = std::collections::BTreeSet::new();
-        for (i, b) in self.evals.iter().enumerate() {
-            if b.name.is_empty() || !names.insert(b.name.as_str()) {
-                bail!("[[evals]] #{}: give each a distinct, non-empty name", i + 1);
-            }
+        crate::names::check_distinct(self.evals.iter().map(|b| b.name.as_str()), "[[evals]] name")?;
+        for b in &self.evals {
             b.check().with_context(|| format!("[[evals]] `{}`", b.name))?;
         }
         let expanded = crate::data::pipeline::expand(self)?;
+        // Sources (and so sets) and conditions, after {lang} expansion: condition names become run folders.
+        crate::names::check_distinct(expanded.sources.iter().map(|s| s.name.as_str()), "[[sources]] name")?;
+        crate::names::check_distinct(expanded.conditions.iter().map(|c| c.name.as_str()), if self.conditions.is_empty() { "name" } else { "[[conditions]] name" })?;
         crate::data::pipeline::check_eval_sets(self, &expanded)?;
         Ok(())
     }

@@ -8,11 +8,28 @@ pub fn repo_dir() -> PathBuf {
     std::env::var_os("TRAINER_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// `../shared` beside the repository (real tokenizers and configs; CI has it). Set `TRAINER_SHARED` to override.
-pub fn shared_dir() -> PathBuf {
-    let dir = std::env::var_os("TRAINER_SHARED").map(PathBuf::from).unwrap_or_else(|| repo_dir().join("../shared"));
-    assert!(dir.join("tokenizers").is_dir(), "shared material not found at {} (set TRAINER_SHARED)", dir.display());
-    dir
+/// `../shared` beside the repository (real tokenizers and configs, the study's released data; CI has it). Set
+/// `TRAINER_SHARED` to point elsewhere.
+pub fn shared_root() -> PathBuf {
+    std::env::var_os("TRAINER_SHARED").map(PathBuf::from).unwrap_or_else(|| repo_dir().join("../shared"))
+}
+
+/// `need` (a path inside `../shared`), or `None` after one line on the terminal saying the test is skipped and
+/// what it needs: a clone of the repository alone has no `../shared`. With `TRAINER_REQUIRE_SHARED=1` (CI)
+/// a missing path is a failure instead.
+pub fn shared(need: &str) -> Option<PathBuf> {
+    let path = shared_root().join(need);
+    if path.exists() {
+        return Some(path);
+    }
+    let what = format!("{} not found (../shared beside the repository holds it; set TRAINER_SHARED to point elsewhere)", path.display());
+    if std::env::var("TRAINER_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
+        panic!("{what}; TRAINER_REQUIRE_SHARED=1 makes this a failure");
+    }
+    // Straight to the terminal: the test harness captures print! output of passing tests.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {}: {what}", std::thread::current().name().unwrap_or("a test"));
+    None
 }
 
 /// `tests/fixtures` (tiny checkpoints, adapters and golden values made by tests/fixtures/gen_fixtures.py).

@@ -3,7 +3,7 @@
 //! seed and the step; the optimizer state is saved). Sweeps, evaluation and files live in `sweep`.
 
 use crate::data::batch::{Batch, Example};
-use crate::lora::{Adapter, LoraSpec, Target};
+use crate::lora::Adapter;
 use crate::model::{Grads, Model, StepCtx};
 use crate::optim::{clip_global_norm, AdamW, AdamWConfig, Schedule};
 use crate::recipe::Recipe;
@@ -159,31 +159,10 @@ pub fn lr_label(lr: f64) -> String {
     format!("{lr:e}")
 }
 
-pub fn lora_spec(recipe: &Recipe) -> Result<LoraSpec> {
-    let l = &recipe.lora;
-    let mut targets = match &l.targets {
-        Some(names) => names
-            .iter()
-            .map(|n| Target::parse(n).with_context(|| format!("[lora] targets: `{n}` is not one of q, k, v, o, gate, up, down")))
-            .collect::<Result<Vec<_>>>()?,
-        None => vec![Target::Q, Target::K, Target::V],
-    };
-    if targets.is_empty() {
-        bail!("[lora] targets is empty");
-    }
-    targets.sort();
-    targets.dedup();
-    let r = l.r.unwrap_or(8);
-    if r == 0 {
-        bail!("[lora] r must be at least 1");
-    }
-    Ok(LoraSpec { r, alpha: l.alpha.unwrap_or(16.0), dropout: l.dropout.unwrap_or(0.05), targets, rslora: l.rslora.unwrap_or(false) })
-}
-
 /// The adapter a run starts from: a fresh PEFT-style init, or `init_adapter`, whose config must agree with any
 /// r/alpha/targets/rslora the recipe states.
 pub fn initial_adapter(recipe: &Recipe, model: &Model, seed: u64) -> Result<Adapter> {
-    let spec = lora_spec(recipe)?;
+    let spec = recipe.lora.spec()?;
     let Some(dir) = &recipe.lora.init_adapter else {
         return Adapter::init(spec, &model.cfg, seed, &model.device);
     };

@@ -89,8 +89,9 @@ fn merge_mistakes_get_one_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("--adapter") && e.contains("shape"), "{e}");
-    // Never over an existing checkpoint.
+    // Never over an existing checkpoint (or into any folder that is not empty, without --force).
     let o = merge(&root.join("models/llama-gqa"), &root.join("adapters/llama-gqa"), &root.join("models/qwen2-tied"));
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a checkpoint"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("qwen2-tied is not empty (it holds") && e.contains("--force"), "{e}");
 }

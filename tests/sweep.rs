@@ -192,6 +192,16 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_results() {
 
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_130_then_resumes() {
+    interrupted_run_saves_and_resumes("-INT");
+}
+
+/// SIGTERM is what Slurm and Kubernetes send before they kill: the same as Ctrl-C.
+#[test]
+fn sigterm_saves_a_checkpoint_like_ctrl_c() {
+    interrupted_run_saves_and_resumes("-TERM");
+}
+
+fn interrupted_run_saves_and_resumes(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path(), "checkpoint_every = 0");
     let out = dir.path().join("out");
@@ -203,7 +213,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130_then_resumes() {
     while std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0) < 2 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
@@ -259,7 +269,10 @@ fn the_grid_spans_models_lrs_and_seeds_and_shards_split_it() {
     let text = std::fs::read_to_string(&r).unwrap();
     let start = text.find("[model]").unwrap();
     let end = text.find("[lora]").unwrap();
-    let two = format!("{}[[models]]\npath = \"{t}\"\nname = \"a\"\n[[models]]\npath = \"{t}\"\nname = \"b\"\n{}", &text[..start], &text[end..], t = tiny.display());
+    // The same model twice would be refused: b is a second copy (a link) of it.
+    let copy = dir.path().join("tiny-copy");
+    std::os::unix::fs::symlink(&tiny, &copy).unwrap();
+    let two = format!("{}[[models]]\npath = \"{t}\"\nname = \"a\"\n[[models]]\npath = \"{c}\"\nname = \"b\"\n{}", &text[..start], &text[end..], t = tiny.display(), c = copy.display());
     let r2 = dir.path().join("two.toml");
     std::fs::write(&r2, two).unwrap();
     let p = plan(&[r2.to_str().unwrap()]);
@@ -377,7 +390,7 @@ fn every_shipped_recipe_plans() {
 
 #[test]
 fn the_study_recipe_plans_on_the_released_data() {
-    let shared = trainer::testing::shared_dir().join("data/good-data-or-bad-eval");
+    let Some(shared) = trainer::testing::shared("data/good-data-or-bad-eval") else { return };
     let path = repo().join("recipes/native-vs-translated.toml");
     let tiny = repo().join("data/tiny-llama");
     let p = plan(&[path.to_str().unwrap(), "--data-root", shared.to_str().unwrap(), "--model", tiny.to_str().unwrap()]);
@@ -454,4 +467,23 @@ fn gpus_hand_out_runs_one_child_per_device() {
     assert_eq!(names(&p), ["es-translated-lr1e-3"]);
     let o = trainer(&["plan", r.to_str().unwrap(), "--only", "es-native-lr9"]);
     assert!(stderr(&o).contains("--only es-native-lr9: no such run"), "{}", stderr(&o));
+}
+
+#[test]
+fn tests_that_need_shared_material_skip_without_it_and_fail_where_it_is_required() {
+    // This binary's own test of the released data, run in a child with ../shared pointed away.
+    let me = std::env::current_exe().unwrap();
+    let run = |require: &str| {
+        Command::new(&me)
+            .args(["--exact", "the_study_recipe_plans_on_the_released_data", "--nocapture"])
+            .env("TRAINER_SHARED", "/nonexistent/shared")
+            .env("TRAINER_REQUIRE_SHARED", require)
+            .output()
+            .unwrap()
+    };
+    let o = run("0");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipped the_study_recipe_plans_on_the_released_data: /nonexistent/shared/data/good-data-or-bad-eval not found"), "{}", stderr(&o));
+    let o = run("1");
+    assert!(!o.status.success(), "TRAINER_REQUIRE_SHARED=1 (CI) turns a skip into a failure");
 }

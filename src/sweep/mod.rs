@@ -24,30 +24,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Set by Ctrl-C: the current run saves a checkpoint after its step and the sweep stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The error of a run stopped by Ctrl-C, after its checkpoint was saved.
+/// The error of a sweep stopped by Ctrl-C or SIGTERM: a run saved its checkpoint, or the sweep stopped between
+/// runs.
 #[derive(Debug)]
-pub struct Interrupted {
-    pub run: String,
-    pub step: usize,
+pub enum Interrupted {
+    /// `run` saved its state after `step`.
+    InRun { run: String, step: usize },
+    /// Stopped before starting `next` (every run before it finished or saved its state).
+    BetweenRuns { next: String },
 }
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted: {} saved its state after step {}; run the same command again to resume", self.run, self.step)
+        match self {
+            Interrupted::InRun { run, step } => write!(f, "interrupted: {run} saved its state after step {step}; run the same command again to resume"),
+            Interrupted::BetweenRuns { next } => write!(f, "interrupted: stopped before {next}; run the same command again to go on"),
+        }
     }
 }
 
 impl std::error::Error for Interrupted {}
 
-/// Ctrl-C once: finish the step, save, stop. Twice: stop at once.
+/// Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing) once: finish the step, save, stop. Twice:
+/// stop at once.
 pub fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopping now");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to stop at once)");
+        eprintln!("\ninterrupted: saving a checkpoint after this step (interrupt again to stop at once)");
     });
+}
+
+/// Holds a run folder for one process: an advisory lock on `<run>/.lock`, released when dropped or when the
+/// process ends, however it ends.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+impl RunLock {
+    /// `Ok(None)` when another process holds the folder.
+    pub fn try_acquire(dir: &Path) -> Result<Option<Self>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
 }
 
 /// What the command line adds to a recipe.
@@ -94,6 +119,9 @@ pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
             m.device = d.clone();
         }
     }
+    if opts.output_dir.is_some() || opts.model.is_some() {
+        recipe.validate().with_context(|| format!("recipe {} with the command line's changes", path.display()))?;
+    }
     Ok(recipe)
 }
 
@@ -109,7 +137,7 @@ pub struct GridRun {
 
 /// The grid in a fixed order (model, condition, lr, seed). Names carry the model only when there are several
 /// models and the seed only when there are several seeds, so a one-model study keeps `<condition>-lr<lr>`.
-pub fn grid(recipe: &Recipe, conditions: &[String]) -> Vec<GridRun> {
+pub fn grid(recipe: &Recipe, conditions: &[String]) -> Result<Vec<GridRun>> {
     let models = recipe.models();
     let seeds = recipe.train_seeds();
     let mut out = Vec::new();
@@ -131,7 +159,9 @@ pub fn grid(recipe: &Recipe, conditions: &[String]) -> Vec<GridRun> {
             }
         }
     }
-    out
+    // Distinct parts can still join into one name (model `a-b` with condition `c`, model `a` with `b-c`).
+    crate::names::check_distinct(out.iter().map(|g| g.name.as_str()), "run name").context("the grid's runs need distinct folders: rename a model or condition")?;
+    Ok(out)
 }
 
 /// A run as `trainer plan` shows it.
@@ -203,34 +233,80 @@ fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) 
     Ok((conditions, sets, bad))
 }
 
+/// The recipe as one model can run it: `max_seq_len` bounded by the model's positions
+/// (`max_position_embeddings`), with a warning when that cuts it.
+fn bounded_for_model(recipe: &Recipe, model: &ModelSection, cfg: &crate::config::ModelConfig, warnings: &mut Vec<String>) -> Recipe {
+    let mut bounded = recipe.clone();
+    if let Some(max) = cfg.max_position_embeddings.filter(|&m| recipe.train.max_seq_len > m) {
+        warnings.push(format!("warning: [train] max_seq_len {} is more than model `{}`'s {max} positions (max_position_embeddings): its sequences are cut at {max} tokens", recipe.train.max_seq_len, model.short_name()));
+        bounded.train.max_seq_len = max;
+    }
+    bounded
+}
+
+/// Warnings about numbers only the data can judge: a batch larger than a condition's training sequences (each
+/// step then takes them all) and warmup longer than a run. `sequences[i]` counts condition i's training sequences.
+fn data_warnings(recipe: &Recipe, conditions: &[ConditionData], sequences: &[usize]) -> Vec<String> {
+    let t = &recipe.train;
+    let mut warnings = Vec::new();
+    for (c, &n) in conditions.iter().zip(sequences) {
+        if n < t.batch_size {
+            warnings.push(format!("warning: [train] batch_size {} is more than condition `{}`'s {n} training sequences: each of its steps takes all {n}", t.batch_size, c.name));
+        }
+        let steps = total_steps(recipe, n);
+        if t.warmup_steps > steps {
+            warnings.push(format!("warning: [train] warmup_steps {} is more than the {steps} steps of condition `{}`'s runs: the learning rate never reaches its peak", t.warmup_steps, c.name));
+        }
+    }
+    warnings
+}
+
 fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<String>> {
     Ok(pipeline::expand_with_root(recipe, data_root)?.conditions.into_iter().map(|c| c.name).collect())
 }
 
 /// Expands the recipe and its data without training: what `trainer plan` shows.
-pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<(Vec<PlannedRun>, BadRecords)> {
+pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
     let runs = selected_runs(&recipe, opts)?;
     let mut out = Vec::new();
     let mut bad = BadRecords::default();
+    let mut warnings = Vec::new();
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
         if mine.is_empty() {
             continue;
         }
         let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
-        let (conditions, _, b) = load_conditions(&recipe, &text, opts.data_root.as_deref())?;
+        let mut found = Vec::new();
+        let recipe = &bounded_for_model(&recipe, model, &text.config, &mut found);
+        let (conditions, _, b) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
         // Bad records depend on the data, not the model: the first model's count stands for all.
         if out.is_empty() {
             bad = b;
         }
+        let counts: Vec<usize> = conditions.iter().map(|c| sequences(recipe, &c.train).len()).collect();
+        found.extend(data_warnings(recipe, &conditions, &counts));
+        for w in found {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
         for g in mine {
-            let c = &conditions[g.condition];
-            out.push(planned(&recipe, g, model, c, sequences(&recipe, &c.train).len()));
+            out.push(planned(recipe, g, model, &conditions[g.condition], counts[g.condition]));
         }
     }
-    Ok((out, bad))
+    Ok(Plan { runs: out, bad_records: bad, warnings })
+}
+
+/// What `trainer plan` shows.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub runs: Vec<PlannedRun>,
+    pub bad_records: BadRecords,
+    /// Settings that will run but probably not as meant (e.g. warmup longer than the run).
+    pub warnings: Vec<String>,
 }
 
 /// The runs of the grid this invocation trains: its shard, and only the named runs when names are given.
@@ -249,7 +325,7 @@ pub fn select(runs: Vec<GridRun>, opts: &Options) -> Result<Vec<GridRun>> {
 
 /// The grid of a loaded recipe, narrowed to what the command line selects.
 fn selected_runs(recipe: &Recipe, opts: &Options) -> Result<Vec<GridRun>> {
-    select(grid(recipe, &condition_names(recipe, opts.data_root.as_deref())?), opts)
+    select(grid(recipe, &condition_names(recipe, opts.data_root.as_deref())?)?, opts)
 }
 
 /// The names of the runs a recipe's grid holds (for `--gpus`, which hands them out one at a time).
@@ -286,6 +362,8 @@ pub struct SweepOutcome {
     pub summaries: Vec<RunSummary>,
     pub failed: usize,
     pub skipped: usize,
+    /// Runs another process was training (their folders were locked).
+    pub busy: Vec<String>,
 }
 
 /// Runs the recipe's grid (or this shard of it), then writes the report over everything finished in the output
@@ -294,16 +372,17 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
     let runs = selected_runs(&recipe, opts)?;
-    std::fs::create_dir_all(&recipe.output_dir).with_context(|| format!("cannot create {}", recipe.output_dir.display()))?;
+    // The output folder is created by the first run that writes into it: a recipe refused once its data and
+    // model are read leaves nothing behind.
     let mut progress = Progress::new(mode, runs.len());
-    let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0 };
+    let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0, busy: Vec::new() };
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
         if mine.is_empty() {
             continue;
         }
         let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
-        let (session, conditions, sets, benchmarks, bad) = match prepared {
+        let (recipe, session, conditions, sets, benchmarks, bad) = match prepared {
             Ok(x) => x,
             Err(e) => {
                 // The model or its data could not be loaded: every run of it fails with that error.
@@ -319,9 +398,25 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 continue;
             }
         };
-        let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(&recipe, &c.train)).collect();
+        let recipe = &recipe;
+        let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(recipe, &c.train)).collect();
+        let counts: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        for w in data_warnings(recipe, &conditions, &counts) {
+            progress.message(&w);
+        }
         for g in mine {
+            // Ctrl-C during a run's final evaluation or benchmarks lets that run finish; the sweep stops here.
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                progress.finish();
+                report::write(&recipe.output_dir).ok();
+                return Err(Interrupted::BetweenRuns { next: g.name.clone() }.into());
+            }
             let c = &conditions[g.condition];
+            let Some(_lock) = RunLock::try_acquire(&recipe.output_dir.join(&g.name))? else {
+                progress.run_skipped(&g.name, "busy: another trainer process is training it");
+                outcome.busy.push(g.name.clone());
+                continue;
+            };
             let input = RunInput {
                 recipe: &recipe,
                 session: &session,
@@ -376,17 +471,28 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
         }
     }
     progress.finish();
+    if outcome.summaries.is_empty() && report::collect(&recipe.output_dir).map_or(true, |r| r.is_empty()) {
+        // Every selected run was busy in another process (or none was selected): nothing to report yet.
+        return Ok(outcome);
+    }
     let written = report::write(&recipe.output_dir)?;
     progress.message(&format!("report: {}", written.display()));
     Ok(outcome)
 }
 
-type Prepared = (Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords);
+/// A model's recipe (bounded for it), session, data and benchmarks.
+type Prepared = (Recipe, Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords);
 
 fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
     let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
     let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
+    let mut warnings = Vec::new();
+    let recipe = bounded_for_model(recipe, model, &session.model.cfg, &mut warnings);
+    for w in &warnings {
+        progress.message(w);
+    }
+    let recipe = &recipe;
     let (conditions, sets, bad) = load_conditions(recipe, &session.text, data_root)?;
     if bad.count > 0 {
         progress.message(&format!("skipped {} bad record(s) (on_bad_record = \"skip\"); the first: {}", bad.count, bad.first.join("; ")));
@@ -403,7 +509,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
         let spec = crate::eval::TaskSpec { path: recipe.resolve(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve(d)), ..spec.clone() };
         benchmarks.push((spec.name.clone(), spec.load(&session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
-    Ok((session, conditions, sets, benchmarks, bad))
+    Ok((recipe.clone(), session, conditions, sets, benchmarks, bad))
 }
 
 enum Earlier {

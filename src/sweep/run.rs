@@ -98,7 +98,7 @@ impl RunInput<'_> {
         RunSummary {
             run: self.name.to_string(),
             model: self.model.short_name(),
-            model_path: self.model.path.clone(),
+            model_path: self.session.text.files.reference(),
             condition: c.name.clone(),
             languages: c.languages.keys().filter(|l| !l.is_empty()).cloned().collect(),
             origins: c.origins.clone(),
@@ -154,6 +154,47 @@ pub fn metrics_csv(history: &[Value]) -> String {
     out
 }
 
+/// The README.md beside an exported adapter: what it is, what it was trained on and how it scored.
+fn model_card(s: &RunSummary, spec: &crate::lora::LoraSpec, step: usize, total_steps: usize) -> String {
+    let targets: Vec<&str> = spec.targets.iter().map(|t| t.hf_name()).collect();
+    let mut card = format!(
+        "---\nbase_model: {base}\nlibrary_name: peft\n---\n\n# {run}\n\nA LoRA adapter for `{base}`, trained by trainer {version} (git {git}).\n\n\
+         - data: condition `{cond}` ({examples} training examples; languages: {langs}; origins: {origins})\n\
+         - lr {lr}, seed {seed}; this adapter is step {step} of {total_steps}\n\
+         - LoRA r={r}, alpha={alpha}, dropout={dropout}, rsLoRA {rslora}, on {targets}\n",
+        base = s.model_path,
+        run = s.run,
+        version = env!("CARGO_PKG_VERSION"),
+        git = env!("TRAINER_GIT"),
+        cond = s.condition,
+        examples = s.train_examples,
+        langs = if s.languages.is_empty() { "unlabelled".to_string() } else { s.languages.join(", ") },
+        origins = if s.origins.is_empty() { "unlabelled".to_string() } else { s.origins.join(", ") },
+        lr = crate::train::lr_label(s.lr),
+        seed = s.seed,
+        r = spec.r,
+        alpha = spec.alpha,
+        dropout = spec.dropout,
+        rslora = if spec.rslora { "on" } else { "off" },
+        targets = targets.join(", "),
+    );
+    let results: Vec<(String, &HeldoutResult)> = s.heldout.iter().map(|h| ("held-out share of its own condition".to_string(), h)).chain(s.sets.iter().map(|(n, h)| (format!("shared set `{n}`"), h))).collect();
+    if !results.is_empty() {
+        card.push_str("\n## Results of this adapter\n\n| evaluated on | loss | perplexity | tokens |\n|---|---|---|---|\n");
+        for (what, h) in results {
+            card.push_str(&format!("| {what} | {:.4} | {:.3} | {} |\n", h.loss, h.perplexity, h.tokens));
+        }
+    }
+    if !s.benchmarks.is_empty() {
+        card.push_str("\n## Benchmarks\n\n");
+        for (name, r) in &s.benchmarks {
+            card.push_str(&format!("- `{name}`: {}\n", crate::eval::summary_line(r)));
+        }
+    }
+    card.push_str("\n```python\nfrom peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n```\n");
+    card
+}
+
 fn is_eval_point(every: EvalEvery, step: usize, steps_per_epoch: usize, total: usize) -> bool {
     step == total
         || match every {
@@ -163,18 +204,24 @@ fn is_eval_point(every: EvalEvery, step: usize, steps_per_epoch: usize, total: u
 }
 
 /// Trains one run to the end (resuming from its checkpoint when there is one) and writes its files.
-/// Returns `Interrupted` (after saving a checkpoint) when Ctrl-C was pressed.
+/// Returns `Interrupted` (after saving a checkpoint) on Ctrl-C or SIGTERM. The caller holds the run folder's lock.
 pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> {
     let (recipe, session, t) = (input.recipe, input.session, &input.recipe.train);
     let model = &session.model;
     let dir = &input.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Left by a writer that was killed or ran out of disk; the folder is locked, so nobody is writing them now.
+    for d in [dir.clone(), dir.join("adapter")] {
+        crate::fsutil::remove_stale_temporaries(&d)?;
+    }
+    // What exported adapters, run.json and this file call the base model: PEFT must find it from anywhere.
+    let base_model = session.text.files.reference();
     let config = json!({
         "run": input.name,
         "fingerprint": input.fingerprint,
         "trainer": { "version": env!("CARGO_PKG_VERSION"), "git": env!("TRAINER_GIT"), "candle": crate::CANDLE_VERSION },
-        "model": input.model,
-        "model_dir": session.text.files.dir,
+        "model": ModelSection { path: base_model.clone(), ..input.model.clone() },
+        "model_dir": std::fs::canonicalize(&session.text.files.dir).unwrap_or_else(|_| session.text.files.dir.clone()),
         "device": format!("{:?}", model.device),
         "dtype": format!("{:?}", model.dtype),
         "condition": input.cond.name,
@@ -207,11 +254,11 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let checkpoint = dir.join("checkpoint.safetensors");
     let mut position = Position { fingerprint: input.fingerprint.clone(), step: 0, adam_step: 0, history: Vec::new(), best: None, seconds: 0.0 };
     if checkpoint.is_file() {
-        let saved = state::read_position(&checkpoint)?;
+        let saved = state::read_position(&checkpoint).with_context(|| format!("the run's checkpoint is damaged (a full disk or a crash while it was written?): delete {} to restart the run from its beginning", checkpoint.display()))?;
         if saved.fingerprint != input.fingerprint {
             bail!("{} was saved by a run with other settings; delete it (or the run's folder) to start over, or use another output_dir", checkpoint.display());
         }
-        position = state::load(&checkpoint, &mut adapter, &mut trainer.opt, &model.device)?;
+        position = state::load(&checkpoint, &mut adapter, &mut trainer.opt, &model.device).with_context(|| format!("the run's checkpoint is damaged: delete {} to restart the run from its beginning", checkpoint.display()))?;
         trainer.step = position.step;
     }
     let metrics_path = dir.join("metrics.jsonl");
@@ -234,7 +281,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
         final_loss = m.loss;
         let mut line = serde_json::to_value(&m)?;
         line["kind"] = json!("train");
-        writeln!(live, "{line}")?;
+        writeln!(live, "{line}").with_context(|| format!("cannot write {}", metrics_path.display()))?;
         position.history.push(line);
         progress.step(input.name, &m);
         let mut save_state = t.checkpoint_every > 0 && m.step.is_multiple_of(t.checkpoint_every);
@@ -255,16 +302,19 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
             if !sets.is_empty() {
                 line["sets"] = serde_json::to_value(&sets)?;
             }
-            writeln!(live, "{line}")?;
+            writeln!(live, "{line}").with_context(|| format!("cannot write {}", metrics_path.display()))?;
             position.history.push(line);
             // Best by the held-out share, or without one by the first shared set.
             let judge = heldout.as_ref().or_else(|| sets.values().next()).expect("something was evaluated");
             progress.eval(input.name, m.step, judge);
             if keep == "all" {
-                adapter.save_peft(&dir.join("adapters").join(format!("step-{}", m.step)), &input.model.path, save_dtype)?;
+                let out = dir.join("adapters").join(format!("step-{}", m.step));
+                adapter.save_peft(&out, &base_model, save_dtype)?;
+                let at_step = RunSummary { heldout: heldout.clone(), sets: sets.clone(), ..input.summary() };
+                crate::fsutil::write_atomic(&out.join("README.md"), model_card(&at_step, &adapter.spec, m.step, total_steps).as_bytes())?;
             }
             if keep == "best" && position.best.as_ref().is_none_or(|b| judge.loss < b.loss) {
-                adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
+                adapter.save_peft(&dir.join("adapter"), &base_model, save_dtype)?;
                 position.best = Some(Best { step: m.step, epoch: m.epoch, loss: judge.loss, perplexity: judge.perplexity });
             }
             save_state = true;
@@ -277,7 +327,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
             state::save(&checkpoint, &adapter, &trainer.opt, &position)?;
         }
         if interrupted && !trainer.done() {
-            return Err(Interrupted { run: input.name.to_string(), step: trainer.step }.into());
+            return Err(Interrupted::InRun { run: input.name.to_string(), step: trainer.step }.into());
         }
     }
     drop(live);
@@ -292,7 +342,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let kept_eval: Option<HeldoutResult> = kept.filter(|h| h.get("loss").is_some()).map(|h| serde_json::from_value(h.clone())).transpose()?;
     let kept_sets = kept.and_then(|h| h.get("sets")).map(|s| serde_json::from_value(s.clone())).transpose()?.unwrap_or_default();
     if keep != "best" || position.best.is_none() {
-        adapter.save_peft(&dir.join("adapter"), &input.model.path, save_dtype)?;
+        adapter.save_peft(&dir.join("adapter"), &base_model, save_dtype)?;
     }
     // Benchmarks score the adapter that was exported (the best one, for keep = "best"), read back from disk.
     let mut benchmarks = std::collections::BTreeMap::new();
@@ -320,6 +370,8 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
         seconds: prior_seconds + started.elapsed().as_secs_f64(),
         ..input.summary()
     };
+    let kept_step = position.best.as_ref().filter(|_| keep == "best").map_or(total_steps, |b| b.step);
+    crate::fsutil::write_atomic(&dir.join("adapter").join("README.md"), model_card(&summary, &adapter.spec, kept_step, total_steps).as_bytes())?;
     crate::fsutil::write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     if checkpoint.is_file() {
         std::fs::remove_file(&checkpoint).with_context(|| format!("cannot remove {}", checkpoint.display()))?;

@@ -40,9 +40,7 @@ pub fn save(path: &Path, adapter: &Adapter, opt: &AdamW, position: &Position) ->
         tensors.push((format!("adam_v.{i:05}"), v[i].clone()));
     }
     let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(position)?)]);
-    let tmp = crate::fsutil::temp_path(path)?;
-    safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    crate::fsutil::write_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), meta)
 }
 
 /// Reads the position only (to decide whether to resume) without loading tensors onto a device.
@@ -76,4 +74,33 @@ pub fn load(path: &Path, adapter: &mut Adapter, opt: &mut AdamW, device: &Device
     }
     opt.restore(position.adam_step, m, v)?;
     Ok(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Metrics restored from a checkpoint are written again on resume: every float must come back with the same
+    /// bits, or a resumed metrics.jsonl differs from the one written before the interruption.
+    #[test]
+    fn metrics_survive_the_checkpoint_round_trip_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let history: Vec<serde_json::Value> = (0..5000)
+            .map(|i| {
+                let loss: f64 = rng.random_range(0.0..12.0);
+                let seconds: f64 = rng.random::<f64>() * 10f64.powi(rng.random_range(-3..4));
+                serde_json::json!({"kind": "train", "step": i, "loss": loss, "perplexity": loss.exp(), "seconds": seconds, "grad_norm": f64::from(rng.random::<f32>())})
+            })
+            .collect();
+        let position = Position { fingerprint: "f".into(), step: 1, adam_step: 1, history, best: None, seconds: 1.0 / 3.0 };
+        let text = serde_json::to_string(&position).unwrap();
+        let back: Position = serde_json::from_str(&text).unwrap();
+        for (a, b) in position.history.iter().zip(&back.history) {
+            for k in ["loss", "perplexity", "seconds", "grad_norm"] {
+                assert_eq!(a[k].as_f64().unwrap().to_bits(), b[k].as_f64().unwrap().to_bits(), "{k}: {} came back as {}", a[k], b[k]);
+            }
+            assert_eq!(a.to_string(), b.to_string());
+        }
+    }
 }
