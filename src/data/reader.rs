@@ -105,7 +105,9 @@ impl Iterator for JsonLines {
                 Ok(_) => {}
                 Err(e) => return Some(Err(anyhow!("{loc}: {e}"))),
             }
-            let text = match std::str::from_utf8(&self.buf) {
+            // A byte-order mark can only open the first line (of the decompressed text, for .gz).
+            let bytes = if self.line == 1 { crate::jsonutil::strip_bom_bytes(&self.buf) } else { &self.buf };
+            let text = match std::str::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(_) => return Some(Err(anyhow!("{loc}: invalid UTF-8"))),
             };
@@ -160,6 +162,12 @@ impl<R: Read> JsonArray<R> {
     fn element(&mut self) -> Result<Option<RawRecord>> {
         if !self.started {
             self.started = true;
+            if matches!(self.bytes.peek(), Some(Ok(0xEF))) {
+                let bom = [self.byte()?, self.byte()?, self.byte()?];
+                if bom.map(Option::unwrap_or_default) != crate::jsonutil::BOM {
+                    bail!("{}:{}: expected a JSON array of records", self.path.display(), self.line);
+                }
+            }
             match self.skip_ws()? {
                 Some(b'[') => {}
                 Some(_) => bail!("{}:{}: expected a JSON array of records", self.path.display(), self.line),
@@ -310,6 +318,32 @@ mod tests {
         gz.write_all(b"{\"a\": \"x\"}\n{\"a\": \"y\"}\n").unwrap();
         let recs = all(&write(&dir, "d.jsonl.gz", &gz.finish().unwrap()));
         assert_eq!(recs.iter().map(|r| r.as_ref().unwrap().value["a"].clone()).collect::<Vec<_>>(), ["x", "y"]);
+    }
+
+    #[test]
+    fn a_leading_bom_is_accepted_and_lines_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_and_error = |name: &str, bytes: &[u8]| -> (RawRecord, String) {
+            let mut recs = all(&write(&dir, name, bytes)).into_iter();
+            let first = recs.next().unwrap().unwrap();
+            (first, format!("{:#}", recs.find_map(Result::err).expect("an error")))
+        };
+        let (first, e) = first_and_error("a.json", b"\xEF\xBB\xBF[{\"a\": \"\xEF\xBB\xBFx\"},\n{\"a\": }]");
+        assert_eq!(first.value["a"], "\u{feff}x", "a BOM inside a string is data");
+        assert_eq!(first.location.line, Some(1));
+        assert!(e.contains("a.json:2: invalid JSON"), "{e}");
+        let jsonl = b"\xEF\xBB\xBF{\"a\": 1}\n{\"a\": 2}\n\xEF\xBB\xBF{\"a\": 3}\n";
+        let (first, e) = first_and_error("b.jsonl", jsonl);
+        assert_eq!((first.value["a"].as_i64(), first.location.line), (Some(1), Some(1)));
+        assert!(e.contains("b.jsonl:3: invalid JSON"), "only the first line may open with a BOM: {e}");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(jsonl).unwrap();
+        let (first, e) = first_and_error("c.jsonl.gz", &gz.finish().unwrap());
+        assert_eq!((first.value["a"].as_i64(), first.location.line), (Some(1), Some(1)));
+        assert!(e.contains("c.jsonl.gz:3: invalid JSON"), "{e}");
+        // A BOM alone is an empty file; a broken one is not taken for a BOM.
+        assert!(format!("{:#}", all(&write(&dir, "d.json", b"\xEF\xBB\xBF"))[0].as_ref().err().unwrap()).contains("d.json has no records"));
+        assert!(format!("{:#}", all(&write(&dir, "e.json", b"\xEF\xBB[{}]"))[0].as_ref().err().unwrap()).contains("e.json:1: expected a JSON array"));
     }
 
     #[test]
