@@ -85,11 +85,12 @@ struct JsonLines {
     input: Box<dyn BufRead>,
     line: u64,
     buf: Vec<u8>,
+    done: bool,
 }
 
 impl JsonLines {
     fn new(path: &Path, input: Box<dyn BufRead>) -> Self {
-        Self { path: path.to_path_buf(), input, line: 0, buf: Vec::new() }
+        Self { path: path.to_path_buf(), input, line: 0, buf: Vec::new(), done: false }
     }
 }
 
@@ -97,13 +98,21 @@ impl Iterator for JsonLines {
     type Item = Result<RawRecord>;
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.done {
+                return None;
+            }
             self.buf.clear();
             self.line += 1;
             let loc = location(&self.path, Some(self.line), None);
             match self.input.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(anyhow!("{loc}: {e}"))),
+                // A read error (a corrupt or cut-off gzip stream) repeats on every later read: stop after it, or
+                // a reader that skips bad records would never end.
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(anyhow!("{loc}: {e}")));
+                }
             }
             // A byte-order mark can only open the first line (of the decompressed text, for .gz).
             let bytes = if self.line == 1 { crate::jsonutil::strip_bom_bytes(&self.buf) } else { &self.buf };
@@ -246,14 +255,47 @@ impl<R: Read> Iterator for JsonArray<R> {
 
 fn parquet_rows(path: &Path, file: File) -> Result<Records> {
     use parquet::file::reader::SerializedFileReader;
-    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable parquet file", path.display()))?;
-    let path = path.to_path_buf();
-    let rows = reader.into_iter().enumerate().map(move |(i, row)| {
-        let loc = location(&path, None, Some(i as u64));
-        let row = row.map_err(|e| anyhow!("{loc}: {e}"))?;
-        Ok(RawRecord { value: object(row.to_json_value(), &loc)?, location: loc })
-    });
-    Ok(Box::new(rows))
+    let reader = guard(|| SerializedFileReader::new(file))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    Ok(Box::new(ParquetRows { rows: reader.into_iter(), path: path.to_path_buf(), row: 0, done: false }))
+}
+
+/// Runs the parquet crate on a file's bytes, turning its panics (some corrupt files reach an `expect` or an
+/// out-of-bounds index instead of an error) into errors.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("no message");
+        anyhow!("the parquet reader failed on corrupt data ({msg})")
+    })
+}
+
+/// Rows of a parquet file. The first error ends them: the parquet crate repeats a failing row group's error
+/// forever, and a corrupt row count would give an error per promised row.
+struct ParquetRows {
+    rows: parquet::record::reader::RowIter<'static>,
+    path: PathBuf,
+    row: u64,
+    done: bool,
+}
+
+impl Iterator for ParquetRows {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let loc = location(&self.path, None, Some(self.row));
+        self.row += 1;
+        let row = match guard(|| self.rows.next()) {
+            Ok(None) => None,
+            Ok(Some(Ok(row))) => guard(|| row.to_json_value()).map_err(|e| anyhow!("{loc}: {e}")).and_then(|v| object(v, &loc)).map(Some).transpose(),
+            Ok(Some(Err(e))) => Some(Err(anyhow!("{loc}: {e}"))),
+            Err(e) => Some(Err(anyhow!("{loc}: {e}"))),
+        };
+        self.done = !matches!(row, Some(Ok(_)));
+        row.map(|r| r.map(|value| RawRecord { value, location: loc }))
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +386,42 @@ mod tests {
         // A BOM alone is an empty file; a broken one is not taken for a BOM.
         assert!(format!("{:#}", all(&write(&dir, "d.json", b"\xEF\xBB\xBF"))[0].as_ref().err().unwrap()).contains("d.json has no records"));
         assert!(format!("{:#}", all(&write(&dir, "e.json", b"\xEF\xBB[{}]"))[0].as_ref().err().unwrap()).contains("e.json:1: expected a JSON array"));
+    }
+
+    #[test]
+    fn a_corrupt_gzip_stream_gives_one_error_and_ends() {
+        // A read error repeats forever; the reader used to hand it out again for every line, so reading on (as
+        // on_bad_record = "skip" does) never ended.
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&b"{\"a\": \"some text to compress\"}\n".repeat(50)).unwrap();
+        let mut bytes = gz.finish().unwrap();
+        bytes[40] ^= 0xff;
+        let recs: Vec<_> = open(&write(&dir, "bad.jsonl.gz", &bytes)).unwrap().take(1000).collect();
+        let errors: Vec<String> = recs.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:#}")).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("bad.jsonl.gz:"), "{}", errors[0]);
+        assert!(recs.len() < 50, "the stream ends at the error");
+        // A gzip member cut short: the records before the cut, then one error.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        let bytes = gz.finish().unwrap();
+        let recs: Vec<_> = open(&write(&dir, "cut.jsonl.gz", &bytes[..bytes.len() - 4])).unwrap().take(1000).collect();
+        assert!(recs.len() <= 3 && recs.last().unwrap().is_err(), "{} records", recs.len());
+    }
+
+    #[test]
+    fn parquet_reader_panics_are_errors_that_end_the_rows() {
+        // Mutations of a valid file (see tests/corrupt/README.md) on which the parquet crate panics while
+        // decoding a row group: an `expect`, an `assert!` in bit unpacking, and a negative column length.
+        for name in ["dictionary-page-missing", "bit-unpack-past-end", "negative-column-length"] {
+            let path = crate::testing::repo_dir().join(format!("tests/corrupt/{name}.parquet"));
+            let recs: Vec<_> = open(&path).unwrap().take(1000).collect();
+            let errors: Vec<String> = recs.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:#}")).collect();
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            assert!(recs.last().unwrap().is_err(), "{name}: the rows end at the error");
+            assert!(errors[0].contains(&format!("{name}.parquet row ")) && errors[0].contains("failed on corrupt data"), "{}", errors[0]);
+        }
     }
 
     #[test]
