@@ -86,7 +86,7 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
     let weights = if index.is_file() {
         let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+            crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

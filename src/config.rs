@@ -78,7 +78,7 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text)
+        let json: Value = crate::jsonutil::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_json(&json).with_context(|| format!("in model config {}", path.display()))
     }

@@ -120,7 +120,7 @@ impl Adapter {
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("cannot read adapter config {}", config_path.display()))?;
         let json: Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+            crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
         let spec = spec_from_peft_config(&json).with_context(|| format!("in {}", config_path.display()))?;
         let weights_path = dir.join("adapter_model.safetensors");
         if !weights_path.is_file() {

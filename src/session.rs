@@ -25,7 +25,7 @@ pub struct ModelText {
 /// `eos_token_id` of generation_config.json, when config.json has none.
 fn generation_eos(files: &ModelFiles) -> Option<u32> {
     let text = std::fs::read_to_string(files.generation_config.as_ref()?).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let json: serde_json::Value = crate::jsonutil::from_str(&text).ok()?;
     match json.get("eos_token_id")? {
         serde_json::Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
         v => v.as_u64().map(|x| x as u32),

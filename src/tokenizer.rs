@@ -54,14 +54,14 @@ impl TextTokenizer {
 
     pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
         let text = std::fs::read_to_string(tokenizer_json).with_context(|| format!("cannot read tokenizer {}", tokenizer_json.display()))?;
-        let mut json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", tokenizer_json.display()))?;
+        let mut json: Value = crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", tokenizer_json.display()))?;
         modernize_sentencepiece(&mut json);
         let mut inner: Tokenizer = serde_json::from_value(json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
         let (mut bos_token, mut eos_token, mut chat_template) = (None, None, None);
         if let Some(path) = tokenizer_config {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let cfg: Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+                crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
             // transformers registers every `added_tokens_decoder` entry as an added token; some tokenizer.json
             // files (gemma's <start_of_turn>/<end_of_turn>) only have them as plain vocab entries, which the
             // tokenizers crate would split into pieces.

@@ -85,11 +85,12 @@ struct JsonLines {
     input: Box<dyn BufRead>,
     line: u64,
     buf: Vec<u8>,
+    done: bool,
 }
 
 impl JsonLines {
     fn new(path: &Path, input: Box<dyn BufRead>) -> Self {
-        Self { path: path.to_path_buf(), input, line: 0, buf: Vec::new() }
+        Self { path: path.to_path_buf(), input, line: 0, buf: Vec::new(), done: false }
     }
 }
 
@@ -97,15 +98,25 @@ impl Iterator for JsonLines {
     type Item = Result<RawRecord>;
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.done {
+                return None;
+            }
             self.buf.clear();
             self.line += 1;
             let loc = location(&self.path, Some(self.line), None);
             match self.input.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(anyhow!("{loc}: {e}"))),
+                // A read error (a corrupt or cut-off gzip stream) repeats on every later read: stop after it, or
+                // a reader that skips bad records would never end.
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(anyhow!("{loc}: {e}")));
+                }
             }
-            let text = match std::str::from_utf8(&self.buf) {
+            // A byte-order mark can only open the first line (of the decompressed text, for .gz).
+            let bytes = if self.line == 1 { crate::jsonutil::strip_bom_bytes(&self.buf) } else { &self.buf };
+            let text = match std::str::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(_) => return Some(Err(anyhow!("{loc}: invalid UTF-8"))),
             };
@@ -160,6 +171,12 @@ impl<R: Read> JsonArray<R> {
     fn element(&mut self) -> Result<Option<RawRecord>> {
         if !self.started {
             self.started = true;
+            if matches!(self.bytes.peek(), Some(Ok(0xEF))) {
+                let bom = [self.byte()?, self.byte()?, self.byte()?];
+                if bom.map(Option::unwrap_or_default) != crate::jsonutil::BOM {
+                    bail!("{}:{}: expected a JSON array of records", self.path.display(), self.line);
+                }
+            }
             match self.skip_ws()? {
                 Some(b'[') => {}
                 Some(_) => bail!("{}:{}: expected a JSON array of records", self.path.display(), self.line),
@@ -238,14 +255,47 @@ impl<R: Read> Iterator for JsonArray<R> {
 
 fn parquet_rows(path: &Path, file: File) -> Result<Records> {
     use parquet::file::reader::SerializedFileReader;
-    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a readable parquet file", path.display()))?;
-    let path = path.to_path_buf();
-    let rows = reader.into_iter().enumerate().map(move |(i, row)| {
-        let loc = location(&path, None, Some(i as u64));
-        let row = row.map_err(|e| anyhow!("{loc}: {e}"))?;
-        Ok(RawRecord { value: object(row.to_json_value(), &loc)?, location: loc })
-    });
-    Ok(Box::new(rows))
+    let reader = guard(|| SerializedFileReader::new(file))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    Ok(Box::new(ParquetRows { rows: reader.into_iter(), path: path.to_path_buf(), row: 0, done: false }))
+}
+
+/// Runs the parquet crate on a file's bytes, turning its panics (some corrupt files reach an `expect` or an
+/// out-of-bounds index instead of an error) into errors.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("no message");
+        anyhow!("the parquet reader failed on corrupt data ({msg})")
+    })
+}
+
+/// Rows of a parquet file. The first error ends them: the parquet crate repeats a failing row group's error
+/// forever, and a corrupt row count would give an error per promised row.
+struct ParquetRows {
+    rows: parquet::record::reader::RowIter<'static>,
+    path: PathBuf,
+    row: u64,
+    done: bool,
+}
+
+impl Iterator for ParquetRows {
+    type Item = Result<RawRecord>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let loc = location(&self.path, None, Some(self.row));
+        self.row += 1;
+        let row = match guard(|| self.rows.next()) {
+            Ok(None) => None,
+            Ok(Some(Ok(row))) => guard(|| row.to_json_value()).map_err(|e| anyhow!("{loc}: {e}")).and_then(|v| object(v, &loc)).map(Some).transpose(),
+            Ok(Some(Err(e))) => Some(Err(anyhow!("{loc}: {e}"))),
+            Err(e) => Some(Err(anyhow!("{loc}: {e}"))),
+        };
+        self.done = !matches!(row, Some(Ok(_)));
+        row.map(|r| r.map(|value| RawRecord { value, location: loc }))
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +360,68 @@ mod tests {
         gz.write_all(b"{\"a\": \"x\"}\n{\"a\": \"y\"}\n").unwrap();
         let recs = all(&write(&dir, "d.jsonl.gz", &gz.finish().unwrap()));
         assert_eq!(recs.iter().map(|r| r.as_ref().unwrap().value["a"].clone()).collect::<Vec<_>>(), ["x", "y"]);
+    }
+
+    #[test]
+    fn a_leading_bom_is_accepted_and_lines_still_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_and_error = |name: &str, bytes: &[u8]| -> (RawRecord, String) {
+            let mut recs = all(&write(&dir, name, bytes)).into_iter();
+            let first = recs.next().unwrap().unwrap();
+            (first, format!("{:#}", recs.find_map(Result::err).expect("an error")))
+        };
+        let (first, e) = first_and_error("a.json", b"\xEF\xBB\xBF[{\"a\": \"\xEF\xBB\xBFx\"},\n{\"a\": }]");
+        assert_eq!(first.value["a"], "\u{feff}x", "a BOM inside a string is data");
+        assert_eq!(first.location.line, Some(1));
+        assert!(e.contains("a.json:2: invalid JSON"), "{e}");
+        let jsonl = b"\xEF\xBB\xBF{\"a\": 1}\n{\"a\": 2}\n\xEF\xBB\xBF{\"a\": 3}\n";
+        let (first, e) = first_and_error("b.jsonl", jsonl);
+        assert_eq!((first.value["a"].as_i64(), first.location.line), (Some(1), Some(1)));
+        assert!(e.contains("b.jsonl:3: invalid JSON"), "only the first line may open with a BOM: {e}");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(jsonl).unwrap();
+        let (first, e) = first_and_error("c.jsonl.gz", &gz.finish().unwrap());
+        assert_eq!((first.value["a"].as_i64(), first.location.line), (Some(1), Some(1)));
+        assert!(e.contains("c.jsonl.gz:3: invalid JSON"), "{e}");
+        // A BOM alone is an empty file; a broken one is not taken for a BOM.
+        assert!(format!("{:#}", all(&write(&dir, "d.json", b"\xEF\xBB\xBF"))[0].as_ref().err().unwrap()).contains("d.json has no records"));
+        assert!(format!("{:#}", all(&write(&dir, "e.json", b"\xEF\xBB[{}]"))[0].as_ref().err().unwrap()).contains("e.json:1: expected a JSON array"));
+    }
+
+    #[test]
+    fn a_corrupt_gzip_stream_gives_one_error_and_ends() {
+        // A read error repeats forever; the reader used to hand it out again for every line, so reading on (as
+        // on_bad_record = "skip" does) never ended.
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&b"{\"a\": \"some text to compress\"}\n".repeat(50)).unwrap();
+        let mut bytes = gz.finish().unwrap();
+        bytes[40] ^= 0xff;
+        let recs: Vec<_> = open(&write(&dir, "bad.jsonl.gz", &bytes)).unwrap().take(1000).collect();
+        let errors: Vec<String> = recs.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:#}")).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("bad.jsonl.gz:"), "{}", errors[0]);
+        assert!(recs.len() < 50, "the stream ends at the error");
+        // A gzip member cut short: the records before the cut, then one error.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        let bytes = gz.finish().unwrap();
+        let recs: Vec<_> = open(&write(&dir, "cut.jsonl.gz", &bytes[..bytes.len() - 4])).unwrap().take(1000).collect();
+        assert!(recs.len() <= 3 && recs.last().unwrap().is_err(), "{} records", recs.len());
+    }
+
+    #[test]
+    fn parquet_reader_panics_are_errors_that_end_the_rows() {
+        // Mutations of a valid file (see tests/corrupt/README.md) on which the parquet crate panics while
+        // decoding a row group: an `expect`, an `assert!` in bit unpacking, and a negative column length.
+        for name in ["dictionary-page-missing", "bit-unpack-past-end", "negative-column-length"] {
+            let path = crate::testing::repo_dir().join(format!("tests/corrupt/{name}.parquet"));
+            let recs: Vec<_> = open(&path).unwrap().take(1000).collect();
+            let errors: Vec<String> = recs.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:#}")).collect();
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            assert!(recs.last().unwrap().is_err(), "{name}: the rows end at the error");
+            assert!(errors[0].contains(&format!("{name}.parquet row ")) && errors[0].contains("failed on corrupt data"), "{}", errors[0]);
+        }
     }
 
     #[test]
