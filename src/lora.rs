@@ -253,7 +253,7 @@ fn spec_from_peft_config(json: &Value) -> Result<LoraSpec> {
     if field("layers_to_transform").is_some() {
         bail!("`layers_to_transform` is not supported");
     }
-    let r = field("r").and_then(|v| v.as_u64()).context("`r` is missing or not a positive integer")? as usize;
+    let r = field("r").and_then(|v| v.as_u64()).filter(|&r| r > 0).context("`r` is missing or not a positive integer")? as usize;
     let alpha = field("lora_alpha").and_then(|v| v.as_f64()).context("`lora_alpha` is missing or not a number")?;
     let dropout = field("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0);
     let names: Vec<String> = match field("target_modules") {
@@ -321,6 +321,7 @@ mod tests {
             ("target_modules", json!(["lm_head"]), "lm_head"),
             ("rank_pattern", json!({"q_proj": 2}), "rank_pattern"),
             ("bias", json!("all"), "bias"),
+            ("r", json!(0), "positive integer"),
         ] {
             let mut c = base.clone();
             c[k] = v;
