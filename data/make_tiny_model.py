@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Builds data/tiny-llama: the tiny Llama checkpoint the quickstart (recipes/quickstart.toml) fine-tunes.
 
-    python data/make_tiny_model.py            # from the repository root; ~2 minutes on 2 CPU cores
+    python data/make_tiny_model.py            # from the repository root; a few minutes on 2 CPU cores
 
 Steps:
-  1. train a byte-level BPE tokenizer (vocab 1024; <pad>=0, <s>=1, </s>=2) on all text in data/samples/*.json
-     plus the alpaca prompt templates, so the template phrases tokenize compactly;
+  1. train a byte-level BPE tokenizer (vocab 1024; <pad>=0, <s>=1, </s>=2) on all text in data/samples/*.json but
+     es-test.json, plus the alpaca prompt templates, so Spanish and the template phrases tokenize compactly;
   2. build a 4-layer LlamaForCausalLM (hidden 128, GQA 4/2 heads, tied embeddings), torch.manual_seed(0);
-  3. pre-train it briefly (full parameters, AdamW 3e-3, cosine, 300 steps of 16 sequences, ~1 min) on the alpaca-rendered
-     samples, so it is a small but non-random language model of this data;
+  3. pre-train it briefly (full parameters, AdamW 3e-3, cosine, 300 steps of 16 sequences)
+     on every sample file except the four the quickstart fine-tunes and tests on (es-native, es-translated,
+     es-round-trip, es-test): the alpaca-rendered en-native, ru-* and zh-* records and the multiturn-en/-es
+     conversations as plain text. So it knows the alpaca format and a little Spanish, but none of the quickstart's
+     Spanish instructions: what the quickstart's LoRA learns is learned there, and its loss falls;
   4. save it in bfloat16 with safetensors (no lm_head.weight, the embedding is tied) plus the tokenizer files;
-  5. reload it with transformers and print the response-only loss on data/samples/es-native.json, trained vs.
-     freshly initialised.
+  5. reload it with transformers and print the response-only loss on data/samples/es-native.json (not pre-trained
+     on), trained vs. freshly initialised.
 
 Needs torch, transformers and tokenizers (CPU is enough). Not a useful language model: for demos and tests only.
 """
@@ -32,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLES = os.path.join(HERE, "samples")
-OUT = os.path.join(HERE, "tiny-llama")
+OUT = os.environ.get("TINY_LLAMA_OUT", os.path.join(HERE, "tiny-llama"))  # the env var: to try variants elsewhere
 
 VOCAB_SIZE = 1024
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
@@ -48,6 +51,14 @@ PROMPT_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 
+# The quickstart fine-tunes on these and evaluates on es-test: the model never sees them in pre-training, so what
+# the quickstart's LoRA learns (Spanish instructions in the alpaca format) is learned there, not recalled.
+QUICKSTART = ["es-native.json", "es-translated.json", "es-round-trip.json", "es-test.json"]
+# The tokenizer sees every sample file but es-test (Spanish must tokenize compactly); pre-training sees the rest.
+ALL = sorted(os.path.basename(p) for p in glob.glob(os.path.join(SAMPLES, "*.json")))
+TOKENIZER_FILES = [n for n in ALL if n != "es-test.json"]
+PRETRAIN_FILES = [n for n in ALL if n not in QUICKSTART]
+
 MAX_STEPS = 300
 BATCH = 16
 MAX_SEQ = 256
@@ -58,38 +69,46 @@ WARMUP = 10
 README = """# tiny-llama
 
 A tiny Llama checkpoint for demos and tests: the model the quickstart (`recipes/quickstart.toml`) fine-tunes with
-LoRA on CPU in a minute or two. **Not a useful language model.**
+LoRA on CPU in about a minute. **Not a useful language model.**
 
-It is a random initialisation (`torch.manual_seed(0)`) given a brief full-parameter pre-training on this
-repository's own sample data (`data/samples/*.json`, alpaca records rendered with the alpaca prompt template), made
-by `data/make_tiny_model.py`. Nothing in it comes from a pretrained model or a third-party dataset.
+It is a random initialisation (`torch.manual_seed(0)`) given a brief full-parameter pre-training on part of this
+repository's own sample data, made by `data/make_tiny_model.py`. Nothing in it comes from a pretrained model or a
+third-party dataset.
 
 - Model: `LlamaForCausalLM`, vocab 1024, hidden 128, 4 layers, 4 attention heads / 2 key-value heads (head dim 32),
   intermediate 344, max positions 512, RMSNorm eps 1e-5, RoPE theta 10000, tied input/output embeddings
   (no `lm_head.weight` in the file), {n_params} parameters, stored in bfloat16 (`model.safetensors`).
-- Tokenizer: byte-level BPE (vocab 1024) trained on all text in `data/samples/*.json` plus the alpaca templates;
+- Tokenizer: byte-level BPE (vocab 1024) trained on all text in `data/samples/*.json` except `es-test.json`, plus
+  the alpaca templates;
   `<pad>`=0, `<s>`=1 (BOS, prepended by `encode(..., add_special_tokens=True)`), `</s>`=2 (EOS).
 - Pre-training: AdamW lr 3e-3, 10 warmup steps then cosine to 0, {steps} steps of 16 sequences (max 256 tokens),
-  loss on all tokens; loss {first:.2f} -> {last:.2f} (mean of the last 10 steps). Every sample file, the
-  quickstart's `en-native` and `es-native` included, was in the pre-training data: nothing is held out.
+  loss on all tokens; loss {first:.2f} -> {last:.2f} (mean of the last 10 steps), on {n_alpaca} alpaca records
+  rendered with the alpaca prompt template and {n_conv} conversations as plain text, from
+  {files}.
+  **Not pre-trained on** the quickstart's fine-tuning and test data — `es-native.json`, `es-translated.json`,
+  `es-round-trip.json` and `es-test.json` —, so the quickstart's LoRA learns its Spanish instructions rather
+  than recalling them; the only Spanish the model saw is `multiturn-es.json`'s 8 conversations.
 - Made with torch {torch_version}, transformers {tf_version}, tokenizers {tok_version}.
 
-Regenerate (from the repository root; torch, transformers and tokenizers on CPU; about a minute or two on 2 cores):
+Regenerate (from the repository root; torch, transformers and tokenizers on CPU; a few minutes on 2 cores):
 
 ```sh
 python data/make_tiny_model.py
 ```
 
 It rewrites this directory, including this file, and prints the pre-training loss and, as a check, the
-response-only loss on `data/samples/es-native.json` for the trained and the untrained model.
+response-only loss on `data/samples/es-native.json` (not pre-trained on) for the trained and the untrained model.
 """
 
 
-def write_readme(out, n_params, losses):
+def write_readme(out, n_params, losses, n_alpaca, n_conv):
     import tokenizers
 
     text = README.format(
         n_params=f"{n_params:,}",
+        files=", ".join(f"`{n}`" for n in PRETRAIN_FILES),
+        n_alpaca=n_alpaca,
+        n_conv=n_conv,
         steps=len(losses),
         first=losses[0],
         last=sum(losses[-10:]) / len(losses[-10:]),
@@ -107,9 +126,9 @@ def render(rec):
     return PROMPT_NO_INPUT.format(instruction=rec["instruction"])
 
 
-def load_samples():
+def load_samples(names):
     alpaca, multiturn = [], []
-    for path in sorted(glob.glob(os.path.join(SAMPLES, "*.json"))):
+    for path in sorted(os.path.join(SAMPLES, n) for n in names):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         for rec in data:
@@ -276,14 +295,17 @@ def main():
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
 
-    alpaca, multiturn = load_samples()
-    print(f"samples: {len(alpaca)} alpaca records, {len(multiturn)} conversations")
+    tok_alpaca, tok_multiturn = load_samples(TOKENIZER_FILES)
+    print(f"tokenizer samples: {len(tok_alpaca)} alpaca records, {len(tok_multiturn)} conversations")
+    alpaca, multiturn = load_samples(PRETRAIN_FILES)
+    print(f"pre-training samples ({', '.join(PRETRAIN_FILES)}): {len(alpaca)} alpaca records, "
+          f"{len(multiturn)} conversations")
 
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
 
-    tok = train_tokenizer(alpaca, multiturn)
+    tok = train_tokenizer(tok_alpaca, tok_multiturn)
     write_tokenizer(tok, OUT)
 
     def encode(text, special):
@@ -294,6 +316,9 @@ def main():
         print(f"template ({name}) fixed text: {len(fixed)} chars -> {len(encode(fixed, False))} tokens")
 
     seqs = [encode_pair(encode, r)[0][:MAX_SEQ] for r in alpaca]
+    # Conversations as plain text, turns separated by blank lines: Spanish (and English) prose outside the
+    # alpaca format, so the model knows some Spanish before the quickstart teaches it the Spanish instructions.
+    seqs += [(encode("\n\n".join(conv), True) + [EOS])[:MAX_SEQ] for conv in multiturn]
     lens = sorted(len(s) for s in seqs)
     print(f"pre-training sequences: {len(seqs)}, tokens {sum(lens)}, length min/median/max "
           f"{lens[0]}/{lens[len(lens) // 2]}/{lens[-1]}")
@@ -314,7 +339,7 @@ def main():
 
     model.to(torch.bfloat16)
     model.save_pretrained(OUT, safe_serialization=True)
-    write_readme(OUT, n_params, losses)
+    write_readme(OUT, n_params, losses, len(alpaca), len(multiturn))
 
     # Checks on what was written.
     with open(os.path.join(OUT, "config.json")) as f:
