@@ -317,7 +317,9 @@ pub struct Correlation {
 /// Per benchmark type × compared origin × metric, over every pair (models, lrs, seeds, languages, benchmarks of
 /// the type).
 pub fn correlations(deltas: &[Delta]) -> Vec<Correlation> {
-    let mut groups: BTreeMap<(String, String, usize, String), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    // (kind, origin, metric order, metric) → (S(native), ΔS) pairs.
+    type Points = (Vec<f64>, Vec<f64>);
+    let mut groups: BTreeMap<(String, String, usize, String), Points> = BTreeMap::new();
     for d in deltas.iter().filter(|d| d.other.language != "all") {
         let order = METRICS.iter().position(|m| *m == d.other.metric).unwrap_or(METRICS.len());
         let g = groups.entry((d.other.kind(), d.other.origin_label.clone(), order, d.other.metric.clone())).or_default();
