@@ -16,17 +16,34 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct McItem {
     pub question: String,
     pub choices: Vec<String>,
     pub answer: usize,
+    /// The record's `id`, if any (pairs items across runs in the report's paired tests; else the index does).
+    pub id: Option<String>,
+    /// The record's `language` (or `lang`), if any; else the `[[evals]]` entry's `language`.
+    pub language: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct QaItem {
     pub question: String,
     pub answers: Vec<String>,
+    pub id: Option<String>,
+    pub language: Option<String>,
+}
+
+/// A record's optional `id` (string or number) and `language` / `lang` (string).
+fn id_and_language(v: &Value) -> (Option<String>, Option<String>) {
+    let id = match v.get("id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let language = v.get("language").or_else(|| v.get("lang")).and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string);
+    (id, language)
 }
 
 fn string_field(v: &Value, key: &str, loc: &impl std::fmt::Display) -> Result<String> {
@@ -62,7 +79,10 @@ pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
             _ => None,
         };
         match answer {
-            Some(a) if a < choices.len() => Ok(McItem { question, choices, answer: a }),
+            Some(a) if a < choices.len() => {
+                let (id, language) = id_and_language(v);
+                Ok(McItem { question, choices, answer: a, id, language })
+            }
             _ => bail!("{loc}: field `answer` must be a choice index (0-based) or letter within the {} choices", choices.len()),
         }
     })
@@ -77,7 +97,8 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
             Some(Value::Array(a)) if !a.is_empty() => a.iter().map(|x| x.as_str().map(str::to_string).or_else(|| x.as_number().map(|n| n.to_string())).with_context(|| format!("{loc}: answers must be strings or numbers"))).collect::<Result<_>>()?,
             _ => bail!("{loc}: field `answer` must be a string, a number or a non-empty list"),
         };
-        Ok(QaItem { question, answers })
+        let (id, language) = id_and_language(v);
+        Ok(QaItem { question, answers, id, language })
     })
 }
 
@@ -137,6 +158,9 @@ pub struct McResult {
     /// Log-likelihood of every choice of every item.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub loglikelihoods: Vec<Vec<f64>>,
+    /// Per item: (acc, acc_norm), each 0 or 1 (not in the summary JSON).
+    #[serde(skip)]
+    pub item_scores: Vec<(f64, f64)>,
 }
 
 /// Scores every choice by the log-likelihood of its continuation given the context.
@@ -167,17 +191,20 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, i
     bar.finish_and_clear();
     let (mut correct, mut correct_norm, mut k) = (0usize, 0usize, 0usize);
     let mut lls = Vec::with_capacity(items.len());
+    let mut item_scores = Vec::with_capacity(items.len());
     for item in items {
         let ll: Vec<f64> = nll[k..k + item.choices.len()].iter().map(|x| -x).collect();
         k += item.choices.len();
         let argmax = |xs: &[f64]| xs.iter().enumerate().fold(0, |best, (i, &x)| if x > xs[best] { i } else { best });
         let norm: Vec<f64> = ll.iter().enumerate().map(|(i, x)| x / mc_continuation(item, i, style).chars().count() as f64).collect();
-        correct += (argmax(&ll) == item.answer) as usize;
-        correct_norm += (argmax(&norm) == item.answer) as usize;
+        let (right, right_norm) = (argmax(&ll) == item.answer, argmax(&norm) == item.answer);
+        correct += right as usize;
+        correct_norm += right_norm as usize;
+        item_scores.push((right as u8 as f64, right_norm as u8 as f64));
         lls.push(ll);
     }
     let n = items.len().max(1) as f64;
-    Ok(McResult { acc: correct as f64 / n, acc_norm: correct_norm as f64 / n, items: items.len(), loglikelihoods: lls })
+    Ok(McResult { acc: correct as f64 / n, acc_norm: correct_norm as f64 / n, items: items.len(), loglikelihoods: lls, item_scores })
 }
 
 /// A progress bar on stderr (drawn only on a terminal).
@@ -274,17 +301,46 @@ pub struct QaResult {
     pub items: usize,
 }
 
-/// Scores answers against references: each metric takes the best over an item's acceptable answers.
+/// One answer's scores: each metric the best over the item's acceptable answers; `number` only for items whose
+/// references hold a number.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QaItemScores {
+    pub exact_match: f64,
+    pub f1: f64,
+    pub contains: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<f64>,
+}
+
+/// Every answer's scores against its references.
+pub fn score_qa_items(preds: &[String], items: &[QaItem]) -> Vec<QaItemScores> {
+    preds
+        .iter()
+        .zip(items)
+        .map(|(p, it)| {
+            let best = |f: &dyn Fn(&str, &str) -> f64| it.answers.iter().map(|g| f(p, g)).fold(0.0, f64::max);
+            QaItemScores {
+                exact_match: best(&|p, g| exact_match(p, g) as u8 as f64),
+                f1: best(&f1),
+                contains: best(&|p, g| contains(p, g) as u8 as f64),
+                number: it.answers.iter().find_map(|g| final_number(g)).map(|g| final_number(p).is_some_and(|p| (p - g).abs() < 1e-6) as u8 as f64),
+            }
+        })
+        .collect()
+}
+
+/// Scores answers against references: each metric takes the best over an item's acceptable answers (the mean of
+/// [`score_qa_items`]; `number` over the items with a numeric reference).
 pub fn score_qa(preds: &[String], items: &[QaItem]) -> QaResult {
+    let scores = score_qa_items(preds, items);
     let n = items.len().max(1) as f64;
-    let best = |f: &dyn Fn(&str, &str) -> f64| preds.iter().zip(items).map(|(p, it)| it.answers.iter().map(|g| f(p, g)).fold(0.0, f64::max)).sum::<f64>() / n;
-    let numeric: Vec<(Option<f64>, f64)> = preds.iter().zip(items).filter_map(|(p, it)| it.answers.iter().find_map(|g| final_number(g)).map(|g| (final_number(p), g))).collect();
-    let number = (!numeric.is_empty()).then(|| numeric.iter().filter(|(p, g)| p.is_some_and(|p| (p - g).abs() < 1e-6)).count() as f64 / numeric.len() as f64);
+    let mean = |f: &dyn Fn(&QaItemScores) -> f64| scores.iter().map(f).sum::<f64>() / n;
+    let numeric: Vec<f64> = scores.iter().filter_map(|s| s.number).collect();
     QaResult {
-        exact_match: best(&|p, g| exact_match(p, g) as u8 as f64),
-        f1: best(&f1),
-        contains: best(&|p, g| contains(p, g) as u8 as f64),
-        number,
+        exact_match: mean(&|s| s.exact_match),
+        f1: mean(&|s| s.f1),
+        contains: mean(&|s| s.contains),
+        number: (!numeric.is_empty()).then(|| numeric.iter().sum::<f64>() / numeric.len() as f64),
         items: items.len(),
     }
 }
@@ -333,14 +389,16 @@ mod tests {
         assert_eq!(final_number("She has 3 apples, then buys 1,250.5 more: -12"), Some(-12.0));
         assert_eq!(final_number("The answer is 1,250."), Some(1250.0));
         assert_eq!(final_number("no digits"), None);
-        let items = vec![QaItem { question: "q".into(), answers: vec!["42".into()] }, QaItem { question: "q".into(), answers: vec!["Madrid".into(), "Madrid, Spain".into()] }];
+        let items = vec![QaItem { question: "q".into(), answers: vec!["42".into()], ..Default::default() }, QaItem { question: "q".into(), answers: vec!["Madrid".into(), "Madrid, Spain".into()], ..Default::default() }];
         let r = score_qa(&["so the result is 42".into(), "Madrid, Spain".into()], &items);
         assert_eq!((r.exact_match, r.contains, r.number), (0.5, 1.0, Some(1.0)));
+        let per_item = score_qa_items(&["so the result is 42".into(), "Madrid, Spain".into()], &items);
+        assert_eq!(per_item.iter().map(|s| (s.exact_match, s.number)).collect::<Vec<_>>(), vec![(0.0, Some(1.0)), (1.0, None)]);
     }
 
     #[test]
     fn k_shot_contexts_put_dev_answers_before_the_question() {
-        let item = |q: &str, a: usize| McItem { question: q.into(), choices: vec!["yes".into(), "no".into()], answer: a };
+        let item = |q: &str, a: usize| McItem { question: q.into(), choices: vec!["yes".into(), "no".into()], answer: a, ..Default::default() };
         let dev = vec![item("d1", 1), item("d2", 0)];
         assert_eq!(mc_context(&item("q", 0), &dev, 1, McStyle::Continuation), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
         assert_eq!(mc_context(&item("q", 0), &dev, 0, McStyle::Letters), "q\nA. yes\nB. no\nAnswer:");

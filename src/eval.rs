@@ -103,6 +103,13 @@ pub struct TaskSpec {
     pub max_seq_len: usize,
     #[serde(default = "eight")]
     pub batch_size: usize,
+    /// The benchmark's own origin, for the report's ΔS analysis: "native" (written in the language) or
+    /// "translated" (translated from another); unset: unlabelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_type: Option<String>,
+    /// "structured" (answers scored by choice: mc) or "generative" (free text: qa); default: from the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
 }
 
 fn continuation() -> String {
@@ -144,6 +151,8 @@ impl TaskSpec {
             language: language.map(str::to_string),
             max_seq_len,
             batch_size,
+            origin_type: None,
+            form: None,
         };
         spec.check()?;
         Ok(spec)
@@ -161,9 +170,29 @@ impl TaskSpec {
         if self.task != "loss" && self.shots > 0 && self.dev.is_none() {
             anyhow::bail!("{}-shot prompts need a dev file", self.shots);
         }
+        if let Some(o) = &self.origin_type {
+            anyhow::ensure!(["native", "translated"].contains(&o.as_str()), "origin_type must be native or translated, not `{o}`");
+        }
+        if let Some(f) = &self.form {
+            anyhow::ensure!(["structured", "generative"].contains(&f.as_str()), "form must be structured or generative, not `{f}`");
+        }
         crate::data::format::Format::parse(&self.format)?;
         anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens > 0, "batch_size, max_seq_len and max_new_tokens must be positive");
         Ok(())
+    }
+
+    /// The benchmark's form: as set, else structured for mc, generative for qa, none for loss.
+    pub fn form(&self) -> Option<String> {
+        self.form.clone().or_else(|| match self.task.as_str() {
+            "mc" => Some("structured".into()),
+            "qa" => Some("generative".into()),
+            _ => None,
+        })
+    }
+
+    /// What the report needs to know of the benchmark, stored under `spec` in its run.json result.
+    pub fn about(&self) -> serde_json::Value {
+        serde_json::json!({ "task": self.task, "language": self.language, "origin_type": self.origin_type, "form": self.form() })
     }
 
     /// Reads and tokenizes the data for `session`'s model.
@@ -182,14 +211,20 @@ impl TaskSpec {
                 }
             }
             "mc" => Task::Mc {
-                items: crate::bench::read_mc(&self.path).with_context(what)?,
+                items: crate::bench::read_mc(&self.path).with_context(what)?.into_iter().map(|mut it| {
+                    it.language = it.language.or_else(|| self.language.clone());
+                    it
+                }).collect(),
                 dev: self.dev.as_deref().map(crate::bench::read_mc).transpose().with_context(what)?.unwrap_or_default(),
                 shots: self.shots,
                 style: if self.style == "letters" { crate::bench::McStyle::Letters } else { crate::bench::McStyle::Continuation },
                 batch_size: self.batch_size,
             },
             _ => Task::Qa {
-                items: crate::bench::read_qa(&self.path).with_context(what)?,
+                items: crate::bench::read_qa(&self.path).with_context(what)?.into_iter().map(|mut it| {
+                    it.language = it.language.or_else(|| self.language.clone());
+                    it
+                }).collect(),
                 dev: self.dev.as_deref().map(crate::bench::read_qa).transpose().with_context(what)?.unwrap_or_default(),
                 shots: self.shots,
                 max_new_tokens: self.max_new_tokens,
@@ -203,19 +238,62 @@ impl Task {
     /// The task's metrics as JSON: loss → {loss, perplexity, tokens, examples, languages}; mc → {acc, acc_norm,
     /// items}; qa → {exact_match, f1, contains, number, items}.
     pub fn run(&self, session: &crate::session::Session, adapter: Option<&Adapter>) -> Result<serde_json::Value> {
+        Ok(self.run_items(session, adapter)?.0)
+    }
+
+    /// The task's metrics (as [`Task::run`]) and, for mc and qa, one JSON object per item: `index`, `id` and
+    /// `language` when the item has them, and its score on each metric (mc: acc, acc_norm; qa: exact_match, f1,
+    /// contains, and number for numeric references). Loss tasks have no per-item scores.
+    pub fn run_items(&self, session: &crate::session::Session, adapter: Option<&Adapter>) -> Result<(serde_json::Value, Vec<serde_json::Value>)> {
+        use serde_json::json;
         let (model, text) = (&session.model, &session.text);
+        let about = |i: usize, id: &Option<String>, language: &Option<String>, mut scores: serde_json::Value| {
+            scores["index"] = json!(i);
+            if let Some(id) = id {
+                scores["id"] = json!(id);
+            }
+            if let Some(l) = language {
+                scores["language"] = json!(l);
+            }
+            scores
+        };
         Ok(match self {
-            Task::Loss { examples, languages, batch_size } => serde_json::to_value(evaluate_by_language(model, adapter, examples, languages, *batch_size, text.pad_id)?)?,
+            Task::Loss { examples, languages, batch_size } => (serde_json::to_value(evaluate_by_language(model, adapter, examples, languages, *batch_size, text.pad_id)?)?, Vec::new()),
             Task::Mc { items, dev, shots, style, batch_size } => {
                 let mut r = crate::bench::score_mc(model, adapter, &text.tokenizer, items, dev, *shots, *style, *batch_size)?;
                 r.loglikelihoods.clear();
-                serde_json::to_value(r)?
+                let lines = items.iter().zip(&r.item_scores).enumerate().map(|(i, (it, (acc, norm)))| about(i, &it.id, &it.language, json!({ "acc": acc, "acc_norm": norm }))).collect();
+                (serde_json::to_value(r)?, lines)
             }
             Task::Qa { items, dev, shots, max_new_tokens, batch_size } => {
-                serde_json::to_value(crate::bench::run_qa(model, adapter, &text.tokenizer, text.eos_id, text.pad_id, items, dev, *shots, *max_new_tokens, *batch_size)?.0)?
+                let (r, preds) = crate::bench::run_qa(model, adapter, &text.tokenizer, text.eos_id, text.pad_id, items, dev, *shots, *max_new_tokens, *batch_size)?;
+                let scores = crate::bench::score_qa_items(&preds, items);
+                let lines = items.iter().zip(&scores).enumerate().map(|(i, (it, s))| about(i, &it.id, &it.language, serde_json::to_value(s).expect("plain numbers"))).collect();
+                (serde_json::to_value(r)?, lines)
             }
         })
     }
+}
+
+/// Runs a sweep's benchmark: its per-item scores go to `items_path` (JSON lines, see [`Task::run_items`]; none for
+/// loss tasks) and the returned metrics carry `spec` ([`TaskSpec::about`]) when the spec is known.
+pub fn run_benchmark(task: &Task, spec: Option<&TaskSpec>, session: &crate::session::Session, adapter: Option<&Adapter>, items_path: &std::path::Path) -> Result<serde_json::Value> {
+    let (mut r, lines) = task.run_items(session, adapter)?;
+    if !lines.is_empty() {
+        let mut text = String::new();
+        for l in &lines {
+            text.push_str(&l.to_string());
+            text.push('\n');
+        }
+        if let Some(dir) = items_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        crate::fsutil::write_atomic(items_path, text.as_bytes())?;
+    }
+    if let Some(spec) = spec {
+        r["spec"] = spec.about();
+    }
+    Ok(r)
 }
 
 /// One line for people: the task's headline numbers.

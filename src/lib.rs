@@ -19,6 +19,7 @@ pub mod optim;
 pub mod recipe;
 pub mod runtime;
 pub mod session;
+pub mod stats;
 pub mod sweep;
 pub mod tokenizer;
 pub mod train;

@@ -133,10 +133,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Rebuild report.md, report.csv and plots/ from the finished runs in an output folder.
+    /// Rebuild report.md, report.csv, scores.csv and plots/ from the finished runs in an output folder, or one
+    /// report over several folders (e.g. one per model) into --out.
     Report {
-        /// The sweep's output folder.
-        dir: PathBuf,
+        /// The sweep's output folder(s).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where the report goes: default the folder itself; required with several folders.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Evaluate a model (+ adapter, or every adapter of a sweep's folder): held-out loss and perplexity per
     /// language (`--task loss`), multiple-choice log-likelihood (`mc`) or generative QA (`qa`).
@@ -282,8 +287,13 @@ fn real_main() -> Result<i32> {
             eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
             Ok(0)
         }
-        Command::Report { dir } => {
-            let path = trainer::sweep::report::write(&dir)?;
+        Command::Report { dirs, out } => {
+            let out = match (out, dirs.as_slice()) {
+                (Some(out), _) => out,
+                (None, [one]) => one.clone(),
+                (None, _) => anyhow::bail!("a report over several folders needs --out DIR (where report.md, scores.csv and plots/ go)"),
+            };
+            let path = trainer::sweep::report::write_many(&dirs, &out)?;
             println!("{}", path.display());
             Ok(0)
         }

@@ -6,6 +6,7 @@ pub mod plots;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod scores;
 pub mod state;
 
 use crate::data::batch::Example;

@@ -72,6 +72,9 @@ pub struct RunSummary {
     pub device: String,
     pub dtype: String,
     pub bad_records: Option<BadRecords>,
+    /// The output folder the run.json was read from (by the report; not written).
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 /// Everything a run needs.
@@ -349,7 +352,9 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     if !input.benchmarks.is_empty() {
         let kept = crate::lora::Adapter::load_peft(&dir.join("adapter"), &model.cfg, &model.device)?;
         for (name, task) in input.benchmarks {
-            let r = task.run(session, Some(&kept)).with_context(|| format!("[[evals]] `{name}`"))?;
+            let spec = recipe.evals.iter().find(|e| &e.name == name);
+            let items = dir.join("benchmarks").join(format!("{name}.jsonl"));
+            let r = crate::eval::run_benchmark(task, spec, session, Some(&kept), &items).with_context(|| format!("[[evals]] `{name}`"))?;
             progress.message(&format!("{}: {name}: {}", input.name, crate::eval::summary_line(&r)));
             benchmarks.insert(name.clone(), r);
         }
