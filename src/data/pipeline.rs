@@ -400,9 +400,12 @@ pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, b
     Ok(out)
 }
 
-/// Reads every used source once and builds each condition's train and held-out sets; with the bad records
-/// skipped and the records cleaning dropped.
-pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords, Dropped)> {
+/// Each condition's records before tokenizing: its name, training records and held-out records.
+pub type Mix = (String, Vec<Record>, Vec<Record>);
+
+/// Reads every used source once and builds each condition's training and held-out records (in the order of
+/// `expanded.conditions`); with the bad records skipped and the records cleaning dropped.
+pub fn mixes(recipe: &Recipe, expanded: &Expanded) -> Result<(Vec<Mix>, BadRecords, Dropped)> {
     let used: BTreeSet<&str> = expanded.conditions.iter().flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref())).collect();
     let skip = recipe.on_bad_record == "skip";
     let mut bad = BadRecords::default();
@@ -412,9 +415,19 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
         records.insert(spec.name.clone(), read_source(spec, skip, &mut bad, &mut dropped)?);
     }
     let mut out = Vec::new();
-    for (cond, select_on) in expanded.conditions.iter().zip(&expanded.select_on) {
+    for cond in &expanded.conditions {
         let mix = mix::build(cond, &records, recipe.seed)?;
         let (train, heldout) = mix::split_heldout(mix, recipe.eval.heldout_fraction, recipe.seed, &cond.name, cond.compose != Compose::Concat)?;
+        out.push((cond.name.clone(), train, heldout));
+    }
+    Ok((out, bad, dropped))
+}
+
+/// [`mixes`], tokenized: each condition's train and held-out sets.
+pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords, Dropped)> {
+    let (mixes, bad, dropped) = mixes(recipe, expanded)?;
+    let mut out = Vec::new();
+    for ((name, train, heldout), select_on) in mixes.into_iter().zip(&expanded.select_on) {
         let mut languages = BTreeMap::new();
         let mut origins = BTreeSet::new();
         for r in &train {
@@ -422,13 +435,13 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
             origins.insert(origin_label(&r.provenance));
         }
         out.push(ConditionData {
-            name: cond.name.clone(),
-            train: encoder.encode_all(&train).with_context(|| format!("condition `{}`", cond.name))?,
-            heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{}`", cond.name))?,
+            train: encoder.encode_all(&train).with_context(|| format!("condition `{name}`"))?,
+            heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{name}`"))?,
             languages,
             heldout_languages: heldout.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
             origins: origins.into_iter().collect(),
             select_on: select_on.clone(),
+            name,
         });
     }
     Ok((out, bad, dropped))
