@@ -521,3 +521,45 @@ fn tests_that_need_shared_material_skip_without_it_and_fail_where_it_is_required
     let o = run("1");
     assert!(!o.status.success(), "TRAINER_REQUIRE_SHARED=1 (CI) turns a skip into a failure");
 }
+
+#[test]
+fn select_on_keeps_the_best_on_a_shared_set_and_cleaning_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    let text = std::fs::read_to_string(&r).unwrap();
+    // es-test is the shared set selection is made on; the translated source is cleaned (its "2" records go).
+    let text = text.replace("keep = \"best\"\n", "keep = \"best\"\nsets = [\"es-test\"]\nselect_on = \"es-test\"\n").replacen("origin = \"translated\"\n", "origin = \"translated\"\ndrop_if = ['2']\ndedup = true\n", 1);
+    std::fs::write(&r, &text).unwrap();
+    let rs = r.to_str().unwrap();
+    let only = ["--set", "conditions=[{name = \"es-native\", sources = [\"es-native\"]}, {name = \"es-translated\", sources = [\"es-translated\"]}]"];
+    let p = plan(&[&[rs][..], &only[..]].concat());
+    let dropped = &p["dropped"]["es-translated"];
+    assert!(dropped["drop_if: 2"].as_u64().unwrap() > 0, "{}", p["dropped"]);
+    assert!(dropped.get("dedup").is_some() && p["dropped"].get("es-native").is_none(), "{}", p["dropped"]);
+    let out = dir.path().join("out");
+    let o = trainer(&[&["run", rs, "--quiet", "--output-dir", out.to_str().unwrap()][..], &only[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = json(&out.join("es-native-lr1e-3/run.json"));
+    assert_eq!(s["selected_on"], "es-test");
+    // The kept evaluation is the one with the lowest loss on es-test, not on the held-out share.
+    let evals: Vec<Value> = std::fs::read_to_string(out.join("es-native-lr1e-3/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|l| l["kind"] == "eval").collect();
+    let best = evals.iter().min_by(|a, b| a["sets"]["es-test"]["loss"].as_f64().unwrap().total_cmp(&b["sets"]["es-test"]["loss"].as_f64().unwrap())).unwrap();
+    assert_eq!(s["best"]["step"], best["step"]);
+    assert_eq!(s["best"]["loss"], best["sets"]["es-test"]["loss"]);
+    let t = json(&out.join("es-translated-lr1e-3/run.json"));
+    assert!(t["dropped"]["es-translated"]["drop_if: 2"].as_u64().unwrap() > 0, "{t}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains(&format!("| es-native | {} | es-test |", s["truncated_examples"])) && md.contains("| es-translated | `drop_if: 2` |"), "{md}");
+
+    // Mistakes: a set that is not in [eval] sets, {lang} for a condition without a language, keep != best.
+    for (set, want) in [("select_on = \"es-dev\"", "[eval] select_on: `es-dev`"), ("select_on = [\"{lang}-test\"]", "has no language to put for {lang}"), ("select_on = 3", "select_on must be a set name")] {
+        std::fs::write(&r, text.replace("select_on = \"es-test\"", set)).unwrap();
+        let o = trainer(&["plan", rs]);
+        assert!(!o.status.success() && stderr(&o).contains(want), "{set}: {}", stderr(&o));
+    }
+    std::fs::write(&r, text.replace("keep = \"best\"", "keep = \"last\"")).unwrap();
+    assert!(stderr(&trainer(&["plan", rs])).contains("select_on chooses the evaluation that keep = \"best\" keeps"));
+    std::fs::write(&r, text.replace("drop_if = ['2']", "drop_if = ['(2']")).unwrap();
+    let e = stderr(&trainer(&["plan", rs]));
+    assert!(e.contains("[[sources]] `es-translated`") && e.contains("`(2`"), "{e}");
+}

@@ -125,16 +125,24 @@ fn dedup_key(r: &Record) -> String {
     key
 }
 
-/// One line per cleaned source: "cleaning dropped N of source `s`: 3 by drop_if: …, 0 by dedup".
+/// One line per source cleaning dropped records of ("cleaning dropped 3 record(s) of source `s`: 3 by
+/// drop_if: …"), then one naming the cleaned sources it dropped nothing of.
 pub fn describe(dropped: &Dropped) -> Vec<String> {
-    dropped
-        .iter()
-        .map(|(source, rules)| {
-            let total: usize = rules.values().sum();
-            let parts: Vec<String> = rules.iter().map(|(rule, n)| format!("{n} by {rule}")).collect();
-            format!("cleaning dropped {total} record(s) of source `{source}`: {}", parts.join(", "))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut clean = Vec::new();
+    for (source, rules) in dropped {
+        let total: usize = rules.values().sum();
+        if total == 0 {
+            clean.push(format!("`{source}`"));
+            continue;
+        }
+        let parts: Vec<String> = rules.iter().filter(|(_, &n)| n > 0).map(|(rule, n)| format!("{n} by {rule}")).collect();
+        out.push(format!("cleaning dropped {total} record(s) of source `{source}`: {}", parts.join(", ")));
+    }
+    if !clean.is_empty() {
+        out.push(format!("cleaning dropped nothing of {}", clean.join(", ")));
+    }
+    out
 }
 
 #[cfg(test)]
