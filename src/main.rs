@@ -77,7 +77,7 @@ enum Command {
     Plan {
         #[command(flatten)]
         args: RecipeArgs,
-        /// Print {"runs": [...], "bad_records": {...}}.
+        /// Print {"runs": [...], "bad_records": {...}, "dropped": {...}, "warnings": [...]}.
         #[arg(long)]
         json: bool,
     },
@@ -259,6 +259,9 @@ fn real_main() -> Result<i32> {
                 }
                 if bad.count > 0 {
                     println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
+                }
+                for line in trainer::data::filter::describe(&plan.dropped) {
+                    println!("{line}");
                 }
             }
             Ok(0)

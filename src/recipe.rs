@@ -74,11 +74,31 @@ pub struct EvalSection {
     /// conditions are compared on the same data (e.g. each language's native test set).
     #[serde(default)]
     pub sets: Vec<String>,
+    /// `keep = "best"` chooses the kept evaluation by the loss on these of `sets` (a name or a list; `{lang}` is
+    /// the condition's language) instead of the condition's own held-out share, so that every condition of a
+    /// language is selected on the same text. Several sets: their token-weighted mean loss.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub select_on: Vec<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom("select_on must be a set name or a list of set names")),
+    }
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        Self { heldout_fraction: 0.0, every: EvalEvery::default(), keep: last(), batch_size: None, sets: Vec::new() }
+        Self { heldout_fraction: 0.0, every: EvalEvery::default(), keep: last(), batch_size: None, sets: Vec::new(), select_on: Vec::new() }
     }
 }
 
@@ -334,6 +354,25 @@ pub struct SourceSection {
     /// `aya_spa_12` as es.
     #[serde(default)]
     pub id_languages: std::collections::BTreeMap<String, String>,
+    /// A regular expression removed (every match) from each record id, so that aligned files' ids agree:
+    /// `"_(google|cohere)_translated_to_[a-z]+"` makes `aya_spa_google_translated_to_eng_google_translated_to_spa_7`
+    /// `aya_spa_7`, the id of the native record it was translated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_strip: Option<String>,
+    /// Cleaning: drop a record whose instruction, input or response (any turn of a conversation) matches one of
+    /// these regular expressions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_if: Vec<String>,
+    /// Cleaning: drop a record whose response (its last turn) has fewer characters than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_chars: Option<usize>,
+    /// Cleaning: drop a record whose response (its last turn) has more characters than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chars: Option<usize>,
+    /// Cleaning: drop exact duplicates (same instruction, input and response; every turn of a conversation),
+    /// keeping the first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedup: bool,
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
@@ -494,6 +533,7 @@ impl Recipe {
         for s in &self.sources {
             let format = crate::data::format::Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
             crate::data::format::validate_fields(format, &s.fields).with_context(|| format!("[[sources]] `{}`: fields", s.name))?;
+            crate::data::filter::Filter::from_section(s)?;
         }
         if !["error", "skip"].contains(&self.on_bad_record.as_str()) {
             bail!("on_bad_record must be \"error\" or \"skip\"");
@@ -510,6 +550,9 @@ impl Recipe {
         }
         if e.keep != "last" && e.heldout_fraction == 0.0 && e.sets.is_empty() {
             bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05) or sets", e.keep);
+        }
+        if !e.select_on.is_empty() && e.keep != "best" {
+            bail!("[eval] select_on chooses the evaluation that keep = \"best\" keeps; keep is `{}`", e.keep);
         }
         if e.batch_size == Some(0) {
             bail!("[eval] batch_size must be at least 1");

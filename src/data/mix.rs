@@ -229,8 +229,32 @@ fn build_aligned(cond: &Condition, pools: Vec<Vec<Record>>, total: Option<usize>
     Ok(out)
 }
 
+/// Where an id falls in the held-out order of data seed `seed`: a function of the seed and the id alone (not
+/// of the condition or the other records), so conditions built from sources sharing ids order them alike.
+fn id_rank(seed: u64, id: &str) -> u64 {
+    // SplitMix64's finaliser over the FNV hash: ids differing in their last digit land far apart.
+    let mut z = seed ^ stable_hash(&["heldout", id]);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The `n` of `ids` first in the held-out order of `seed` (ties, i.e. repeated ids, by id and position).
+fn first_by_rank<'a>(ids: impl Iterator<Item = (usize, &'a str)>, n: usize, seed: u64) -> Vec<usize> {
+    let mut ranked: Vec<(u64, &str, usize)> = ids.map(|(i, id)| (id_rank(seed, id), id, i)).collect();
+    ranked.sort_unstable();
+    ranked.into_iter().take(n).map(|(_, _, i)| i).collect()
+}
+
 /// Splits off `fraction` of `records` as held-out data (seeded, stratified by language). With `by_alignment`,
 /// whole aligned ids go to one side, so no held-out meaning is trained on in another language.
+///
+/// Records that carry ids are held out by id: within each language, the round(fraction × n) records whose ids
+/// come first in an order that depends only on the data seed and the id. Conditions over sources sharing ids
+/// (a native file and its round-trip translations) therefore hold out exactly the same ids when they hold the
+/// same ids, and an id held out by the larger of two nested id sets is held out by the smaller too whenever the
+/// smaller's share reaches it. A language with a record without an id is split as before ids were used: a seeded
+/// sample keyed by the condition's name.
 pub fn split_heldout(records: Vec<Record>, fraction: f64, seed: u64, condition: &str, by_alignment: bool) -> Result<(Vec<Record>, Vec<Record>)> {
     if !(0.0..1.0).contains(&fraction) {
         bail!("heldout_fraction must be in [0, 1)");
@@ -248,9 +272,10 @@ pub fn split_heldout(records: Vec<Record>, fraction: f64, seed: u64, condition: 
     };
     let mut held_keys: BTreeSet<(String, usize)> = BTreeSet::new();
     if by_alignment {
+        // Aligned mixes always carry ids (building them checks it).
         let ids: Vec<String> = records.iter().map(key).collect::<BTreeSet<_>>().into_iter().collect();
         let n = fraction_count(ids.len(), fraction);
-        held_keys.extend(sample(&ids, n, &mut rng(seed, &["heldout", condition])).into_iter().map(|id| (id, 0)));
+        held_keys.extend(first_by_rank(ids.iter().map(String::as_str).enumerate(), n, seed).into_iter().map(|k| (ids[k].clone(), 0)));
     } else {
         let mut strata: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
@@ -258,7 +283,12 @@ pub fn split_heldout(records: Vec<Record>, fraction: f64, seed: u64, condition: 
         }
         for (lang, idx) in strata {
             let n = fraction_count(idx.len(), fraction);
-            held_keys.extend(sample(&idx, n, &mut rng(seed, &["heldout", condition, &lang])).into_iter().map(|i| (String::new(), i)));
+            let ids: Option<Vec<(usize, &str)>> = idx.iter().map(|&i| records[i].provenance.source_id.as_deref().map(|id| (i, id))).collect();
+            let held = match ids {
+                Some(ids) => first_by_rank(ids.into_iter(), n, seed),
+                None => sample(&idx, n, &mut rng(seed, &["heldout", condition, &lang])),
+            };
+            held_keys.extend(held.into_iter().map(|i| (String::new(), i)));
         }
     }
     let (mut train, mut held) = (Vec::new(), Vec::new());
@@ -401,6 +431,39 @@ mod tests {
         let held_aligned: BTreeSet<_> = held.iter().map(|r| r.provenance.source_id.clone()).collect();
         assert!(train.iter().all(|r| !held_aligned.contains(&r.provenance.source_id)));
         assert_eq!(held_aligned.len(), 10);
+    }
+
+    #[test]
+    fn aligned_sources_hold_out_the_same_ids_in_every_condition() {
+        // A native source and its round-trip translation: same ids, other text and source.
+        let native = pool("es-native", "es", 0..200);
+        let mut round_trip = pool("es-rt", "es", 0..200);
+        for r in &mut round_trip {
+            r.conversation.turns[1].content.push_str(" (round trip)");
+        }
+        let held_ids = |records: Vec<Record>, condition: &str, seed: u64| -> BTreeSet<String> {
+            split_heldout(records, 0.05, seed, condition, false).unwrap().1.iter().map(|r| r.provenance.source_id.clone().unwrap()).collect()
+        };
+        let a = held_ids(native.clone(), "es-native", 1);
+        let b = held_ids(round_trip.clone(), "es-rt", 1);
+        assert_eq!(a.len(), 10, "the exact fraction");
+        assert_eq!(a, b, "conditions over aligned sources hold out the same ids");
+        // The order of the records does not matter either, and another data seed holds out others.
+        let mut shuffled = round_trip.clone();
+        shuffled.reverse();
+        assert_eq!(held_ids(shuffled, "x", 1), a);
+        assert_ne!(held_ids(native.clone(), "es-native", 2), a);
+        // Nested id sets: what the larger holds out and the smaller has, the smaller holds out too.
+        let smaller: Vec<Record> = round_trip.iter().filter(|r| !a.contains(r.provenance.source_id.as_ref().unwrap()) || r.provenance.source_id.as_deref() != a.iter().next().map(String::as_str)).cloned().collect();
+        let c = held_ids(smaller, "es-rt", 1);
+        assert!(a.iter().skip(1).all(|id| c.contains(id)), "{a:?} {c:?}");
+        // Without ids: seeded by the condition, as before.
+        let mut no_ids = native.clone();
+        no_ids.iter_mut().for_each(|r| r.provenance.source_id = None);
+        let locations = |records: Vec<Record>, condition: &str| -> Vec<String> {
+            split_heldout(records, 0.05, 1, condition, false).unwrap().1.iter().map(|r| r.conversation.turns[0].content.clone()).collect()
+        };
+        assert_ne!(locations(no_ids.clone(), "a"), locations(no_ids, "b"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod filter;
 pub mod format;
 pub mod mix;
 pub mod pipeline;

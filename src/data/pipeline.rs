@@ -4,6 +4,7 @@
 
 use super::batch::Example;
 use super::chat::ChatTemplate;
+use super::filter::{Dropped, Filter};
 use super::format::{self, FieldMap, Format};
 use super::mix::{self, Compose, Condition, Entry, Size};
 use super::record::{AlpacaFields, Provenance, Record, Role};
@@ -30,6 +31,8 @@ pub struct SourceSpec {
     /// Language codes by id token, for files that mix languages without a language field (Aya's `all` files:
     /// `aya_spa_12` → `spa` → "es").
     pub id_languages: BTreeMap<String, String>,
+    /// Cleaning rules and id normalisation.
+    pub filter: Filter,
 }
 
 /// The language `id_languages` gives a record id: the first `_`-separated part of the id that it maps.
@@ -41,6 +44,9 @@ fn language_from_id(id: &str, map: &BTreeMap<String, String>) -> Option<String> 
 pub struct Expanded {
     pub sources: Vec<SourceSpec>,
     pub conditions: Vec<Condition>,
+    /// For each condition (same order): the `[eval] sets` whose loss `keep = "best"` selects on, after `{lang}`
+    /// expansion; empty: the held-out share (or, without one, the first set).
+    pub select_on: Vec<Vec<String>>,
 }
 
 /// The languages a `{lang}` source or condition expands to; `[None]` when it does not expand.
@@ -66,6 +72,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
     let mut sources = Vec::new();
     for s in &recipe.sources {
         let format = Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
+        let filter = Filter::from_section(s)?;
         for lang in language_variants("[[sources]]", &s.name, &s.languages)? {
             let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
             sources.push(SourceSpec {
@@ -77,6 +84,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
                 origin: s.origin.clone(),
                 engine: s.engine.clone(),
                 id_languages: s.id_languages.clone(),
+                filter: filter.clone(),
             });
         }
     }
@@ -86,7 +94,10 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
             bail!("[[sources]] name `{}` is used twice", s.name);
         }
     }
+    // The language each condition was expanded for, if any: `{lang}` in select_on becomes it.
+    let mut condition_langs: Vec<Option<String>> = Vec::new();
     let conditions = if recipe.conditions.is_empty() {
+        condition_langs.push(None);
         vec![Condition {
             name: recipe.name.clone(),
             entries: sources.iter().map(|s| Entry { source: s.name.clone(), size: Size::All, prune: None }).collect(),
@@ -102,6 +113,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
                 let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
                 let entries = c.sources.iter().map(|e| entry(e, &sub)).collect::<Result<Vec<_>>>().with_context(|| format!("[[conditions]] `{}`", c.name))?;
                 out.push(Condition { name: sub(&c.name), entries, compose, size: c.size, match_size_of: c.match_size_of.as_deref().map(sub) });
+                condition_langs.push(lang.cloned());
             }
         }
         out
@@ -118,7 +130,25 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
             }
         }
     }
-    Ok(Expanded { sources, conditions })
+    let mut select_on = Vec::new();
+    for (c, lang) in conditions.iter().zip(&condition_langs) {
+        let mut names = Vec::new();
+        for pattern in &recipe.eval.select_on {
+            let name = match lang {
+                Some(l) => substitute(pattern, l),
+                None if pattern.contains("{lang}") => bail!("[eval] select_on `{pattern}`: condition `{}` has no language to put for {{lang}} (it is not expanded with languages)", c.name),
+                None => pattern.clone(),
+            };
+            if !recipe.eval.sets.contains(&name) {
+                bail!("[eval] select_on: `{name}` (for condition `{}`) is not one of [eval] sets ({})", c.name, if recipe.eval.sets.is_empty() { "none".to_string() } else { recipe.eval.sets.join(", ") });
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        select_on.push(names);
+    }
+    Ok(Expanded { sources, conditions, select_on })
 }
 
 /// [`expand_with_root`] with the recipe's own data root.
@@ -160,8 +190,9 @@ impl BadRecords {
     }
 }
 
-/// Reads one source. With `skip`, records that fail to parse are counted in `bad` instead of stopping.
-pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords) -> Result<Vec<Record>> {
+/// Reads one source. With `skip`, records that fail to parse are counted in `bad` instead of stopping; records
+/// the source's cleaning rules drop are counted in `dropped`.
+pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords, dropped: &mut Dropped) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for item in reader::open(&spec.path).with_context(|| format!("[[sources]] `{}`", spec.name))? {
         let parsed = item.and_then(|raw| {
@@ -184,10 +215,15 @@ pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords) -> Resul
                 language: spec.language.clone().or(p.language).or_else(|| p.id.as_deref().and_then(|id| language_from_id(id, &spec.id_languages))),
                 origin: spec.origin.clone(),
                 engine: spec.engine.clone(),
-                source_id: p.id,
+                source_id: p.id.map(|id| spec.filter.id(id)),
             },
             location,
         });
+    }
+    let read = out.len();
+    let out = spec.filter.apply(&spec.name, out, dropped);
+    if out.is_empty() && read > 0 {
+        bail!("[[sources]] `{}`: its cleaning rules (drop_if, min_chars, max_chars, dedup) drop all {read} records of {}", spec.name, spec.path.display());
     }
     if out.is_empty() {
         bail!("[[sources]] `{}`: {} has no usable records", spec.name, spec.path.display());
@@ -206,8 +242,9 @@ pub fn read_file(path: &Path, format: Format, language: Option<String>) -> Resul
         origin: None,
         engine: None,
         id_languages: BTreeMap::new(),
+        filter: Filter::default(),
     };
-    read_source(&spec, false, &mut BadRecords::default())
+    read_source(&spec, false, &mut BadRecords::default(), &mut Dropped::new())
 }
 
 /// How records become token sequences.
@@ -305,6 +342,9 @@ pub struct ConditionData {
     pub heldout_languages: Vec<String>,
     /// Where the training data comes from: its distinct origins (with engine), e.g. "translated (google)".
     pub origins: Vec<String>,
+    /// The `[eval] sets` `keep = "best"` selects on (token-weighted mean loss over them); empty: the held-out
+    /// share, or without one the first set.
+    pub select_on: Vec<String>,
 }
 
 impl ConditionData {
@@ -345,12 +385,12 @@ pub struct EvalSet {
 }
 
 /// Reads and tokenizes `[eval] sets`. A set must be a defined source that no condition trains on.
-pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, bad: &mut BadRecords) -> Result<Vec<EvalSet>> {
+pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, bad: &mut BadRecords, dropped: &mut Dropped) -> Result<Vec<EvalSet>> {
     let skip = recipe.on_bad_record == "skip";
     let mut out = Vec::new();
     for spec in check_eval_sets(recipe, expanded)? {
         let name = &spec.name;
-        let records = read_source(spec, skip, bad)?;
+        let records = read_source(spec, skip, bad, dropped)?;
         out.push(EvalSet {
             name: name.clone(),
             examples: encoder.encode_all(&records).with_context(|| format!("[eval] set `{name}`"))?,
@@ -360,19 +400,34 @@ pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, b
     Ok(out)
 }
 
-/// Reads every used source once and builds each condition's train and held-out sets.
-pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords)> {
+/// Each condition's records before tokenizing: its name, training records and held-out records.
+pub type Mix = (String, Vec<Record>, Vec<Record>);
+
+/// Reads every used source once and builds each condition's training and held-out records (in the order of
+/// `expanded.conditions`); with the bad records skipped and the records cleaning dropped.
+pub fn mixes(recipe: &Recipe, expanded: &Expanded) -> Result<(Vec<Mix>, BadRecords, Dropped)> {
     let used: BTreeSet<&str> = expanded.conditions.iter().flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref())).collect();
     let skip = recipe.on_bad_record == "skip";
     let mut bad = BadRecords::default();
+    let mut dropped = Dropped::new();
     let mut records: HashMap<String, Vec<Record>> = HashMap::new();
     for spec in expanded.sources.iter().filter(|s| used.contains(s.name.as_str())) {
-        records.insert(spec.name.clone(), read_source(spec, skip, &mut bad)?);
+        records.insert(spec.name.clone(), read_source(spec, skip, &mut bad, &mut dropped)?);
     }
     let mut out = Vec::new();
     for cond in &expanded.conditions {
         let mix = mix::build(cond, &records, recipe.seed)?;
         let (train, heldout) = mix::split_heldout(mix, recipe.eval.heldout_fraction, recipe.seed, &cond.name, cond.compose != Compose::Concat)?;
+        out.push((cond.name.clone(), train, heldout));
+    }
+    Ok((out, bad, dropped))
+}
+
+/// [`mixes`], tokenized: each condition's train and held-out sets.
+pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords, Dropped)> {
+    let (mixes, bad, dropped) = mixes(recipe, expanded)?;
+    let mut out = Vec::new();
+    for ((name, train, heldout), select_on) in mixes.into_iter().zip(&expanded.select_on) {
         let mut languages = BTreeMap::new();
         let mut origins = BTreeSet::new();
         for r in &train {
@@ -380,13 +435,14 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
             origins.insert(origin_label(&r.provenance));
         }
         out.push(ConditionData {
-            name: cond.name.clone(),
-            train: encoder.encode_all(&train).with_context(|| format!("condition `{}`", cond.name))?,
-            heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{}`", cond.name))?,
+            train: encoder.encode_all(&train).with_context(|| format!("condition `{name}`"))?,
+            heldout: encoder.encode_all(&heldout).with_context(|| format!("condition `{name}`"))?,
             languages,
             heldout_languages: heldout.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
             origins: origins.into_iter().collect(),
+            select_on: select_on.clone(),
+            name,
         });
     }
-    Ok((out, bad))
+    Ok((out, bad, dropped))
 }

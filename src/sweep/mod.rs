@@ -11,6 +11,7 @@ pub mod state;
 
 use crate::data::batch::Example;
 use crate::data::mix::stable_hash;
+use crate::data::filter::Dropped;
 use crate::data::pipeline::{self, BadRecords, ConditionData, EvalSet};
 use crate::data::TrainOn;
 use crate::recipe::{ModelSection, Recipe};
@@ -226,12 +227,12 @@ fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData
 }
 
 /// The data of one model's runs (its tokenizer decides the examples): conditions and shared evaluation sets.
-fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, Vec<EvalSet>, BadRecords)> {
+fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, Vec<EvalSet>, BadRecords, Dropped)> {
     let expanded = pipeline::expand_with_root(recipe, data_root)?;
     let encoder = text.encoder(&recipe.template.name, recipe.train.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
-    let (conditions, mut bad) = pipeline::load(recipe, &expanded, &encoder)?;
-    let sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad)?;
-    Ok((conditions, sets, bad))
+    let (conditions, mut bad, mut dropped) = pipeline::load(recipe, &expanded, &encoder)?;
+    let sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad, &mut dropped)?;
+    Ok((conditions, sets, bad, dropped))
 }
 
 /// The recipe as one model can run it: `max_seq_len` bounded by the model's positions
@@ -273,6 +274,7 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let runs = selected_runs(&recipe, opts)?;
     let mut out = Vec::new();
     let mut bad = BadRecords::default();
+    let mut dropped = Dropped::new();
     let mut warnings = Vec::new();
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
@@ -282,10 +284,11 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
         let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
         let mut found = Vec::new();
         let recipe = &bounded_for_model(&recipe, model, &text.config, &mut found);
-        let (conditions, _, b) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
-        // Bad records depend on the data, not the model: the first model's count stands for all.
+        let (conditions, _, b, d) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
+        // Bad and dropped records depend on the data, not the model: the first model's count stands for all.
         if out.is_empty() {
             bad = b;
+            dropped = d;
         }
         let counts: Vec<usize> = conditions.iter().map(|c| sequences(recipe, &c.train).len()).collect();
         found.extend(data_warnings(recipe, &conditions, &counts));
@@ -298,7 +301,7 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
             out.push(planned(recipe, g, model, &conditions[g.condition], counts[g.condition]));
         }
     }
-    Ok(Plan { runs: out, bad_records: bad, warnings })
+    Ok(Plan { runs: out, bad_records: bad, dropped, warnings })
 }
 
 /// What `trainer plan` shows.
@@ -306,6 +309,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
 pub struct Plan {
     pub runs: Vec<PlannedRun>,
     pub bad_records: BadRecords,
+    /// Records the sources' cleaning rules drop: source → rule → count.
+    pub dropped: Dropped,
     /// Settings that will run but probably not as meant (e.g. warmup longer than the run).
     pub warnings: Vec<String>,
 }
@@ -383,7 +388,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
             continue;
         }
         let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
-        let (recipe, session, conditions, sets, benchmarks, bad) = match prepared {
+        let (recipe, session, conditions, sets, benchmarks, bad, dropped) = match prepared {
             Ok(x) => x,
             Err(e) => {
                 // The model or its data could not be loaded: every run of it fails with that error.
@@ -432,6 +437,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 fingerprint: fingerprint(&recipe, model, c, g),
                 dir: recipe.output_dir.join(&g.name),
                 bad: &bad,
+                dropped: &dropped,
             };
             match earlier(&input.dir, &input.fingerprint) {
                 Earlier::Finished(done) => {
@@ -482,7 +488,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
 }
 
 /// A model's recipe (bounded for it), session, data and benchmarks.
-type Prepared = (Recipe, Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords);
+type Prepared = (Recipe, Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords, Dropped);
 
 fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
@@ -494,9 +500,12 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
         progress.message(w);
     }
     let recipe = &recipe;
-    let (conditions, sets, bad) = load_conditions(recipe, &session.text, data_root)?;
+    let (conditions, sets, bad, dropped) = load_conditions(recipe, &session.text, data_root)?;
     if bad.count > 0 {
         progress.message(&format!("skipped {} bad record(s) (on_bad_record = \"skip\"); the first: {}", bad.count, bad.first.join("; ")));
+    }
+    for line in crate::data::filter::describe(&dropped) {
+        progress.message(&line);
     }
     progress.message(&format!(
         "model {} ({}, {} layers) on {device:?}/{dtype:?}: {}",
@@ -510,7 +519,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
         let spec = crate::eval::TaskSpec { path: recipe.resolve(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve(d)), ..spec.clone() };
         benchmarks.push((spec.name.clone(), spec.load(&session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
-    Ok((recipe.clone(), session, conditions, sets, benchmarks, bad))
+    Ok((recipe.clone(), session, conditions, sets, benchmarks, bad, dropped))
 }
 
 enum Earlier {

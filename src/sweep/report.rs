@@ -249,6 +249,7 @@ pub fn markdown_with(runs: &[RunSummary], plots: &[(String, PathBuf)], scores: &
         md.push('\n');
     }
 
+    data_tables(&mut md, &ok);
     md.push_str("## Runs\n\n| run | model | condition | origin | lr | seed | steps | best step (epoch) | held-out loss | held-out ppl | final train loss | train tokens | time |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &ok {
         let best = r.best.as_ref().map(|b| format!("{} ({})", b.step, b.epoch)).unwrap_or_else(|| "–".into());
@@ -307,6 +308,34 @@ pub fn markdown_with(runs: &[RunSummary], plots: &[(String, PathBuf)], scores: &
         }
     }
     md
+}
+
+/// Per condition: examples `max_seq_len` truncates and what `keep = "best"` selected on; per source: records
+/// cleaning dropped, by rule.
+fn data_tables(md: &mut String, ok: &[&RunSummary]) {
+    let mut conditions: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    let mut dropped: BTreeMap<&str, &BTreeMap<String, usize>> = BTreeMap::new();
+    for r in ok {
+        conditions.entry(&r.condition).or_insert((r.truncated_examples, r.selected_on.clone().unwrap_or_else(|| "–".into())));
+        dropped.extend(r.dropped.iter().map(|(s, rules)| (s.as_str(), rules)));
+    }
+    if conditions.is_empty() {
+        return;
+    }
+    md.push_str("## Data\n\n| condition | examples truncated at max_seq_len | best selected on |\n|---|---|---|\n");
+    for (c, (truncated, selected)) in &conditions {
+        let _ = writeln!(md, "| {c} | {truncated} | {selected} |");
+    }
+    md.push('\n');
+    if !dropped.is_empty() {
+        md.push_str("Records dropped by cleaning:\n\n| source | rule | dropped |\n|---|---|---|\n");
+        for (source, rules) in dropped {
+            for (rule, n) in rules {
+                let _ = writeln!(md, "| {source} | `{}` | {n} |", rule.replace('|', "\\|"));
+            }
+        }
+        md.push('\n');
+    }
 }
 
 /// A run's metrics.jsonl: (step, training loss) and (step, held-out loss).

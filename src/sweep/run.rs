@@ -66,6 +66,10 @@ pub struct RunSummary {
     pub benchmarks: std::collections::BTreeMap<String, Value>,
     pub best: Option<Best>,
     pub keep: String,
+    /// What `keep = "best"` selected on: "held-out share" (the condition's own), or the shared set(s), e.g.
+    /// "es-dev" or "es-dev + ru-dev" (their token-weighted mean loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_on: Option<String>,
     /// The exported adapter, relative to the run directory.
     pub adapter: Option<PathBuf>,
     pub seconds: f64,
@@ -75,6 +79,9 @@ pub struct RunSummary {
     /// The output folder the run.json was read from (by the report; not written).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// Records the sources' cleaning rules dropped: source → rule → count.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dropped: crate::data::filter::Dropped,
 }
 
 /// Everything a run needs.
@@ -92,6 +99,7 @@ pub struct RunInput<'a> {
     pub fingerprint: String,
     pub dir: PathBuf,
     pub bad: &'a BadRecords,
+    pub dropped: &'a crate::data::filter::Dropped,
 }
 
 impl RunInput<'_> {
@@ -115,8 +123,40 @@ impl RunInput<'_> {
             device: format!("{:?}", self.session.model.device),
             dtype: format!("{:?}", self.session.model.dtype),
             bad_records: Some(self.bad.clone()),
+            dropped: self.dropped.clone(),
+            selected_on: (self.recipe.eval.keep == "best").then(|| selection_label(c, self.sets)),
             final_loss: f64::NAN,
             ..Default::default()
+        }
+    }
+}
+
+/// What `keep = "best"` judges a run's evaluations by, as run.json's `selected_on` names it.
+fn selection_label(c: &ConditionData, sets: &[EvalSet]) -> String {
+    if !c.select_on.is_empty() {
+        c.select_on.join(" + ")
+    } else if !c.heldout.is_empty() {
+        "held-out share".into()
+    } else {
+        sets.first().map_or_else(|| "held-out share".into(), |s| s.name.clone())
+    }
+}
+
+/// The result `keep = "best"` compares: the mean loss over the `select_on` sets weighted by their tokens (one
+/// set: its own result), or the held-out share, or without one the first set.
+pub(crate) fn judge(select_on: &[String], heldout: Option<&HeldoutResult>, sets: &std::collections::BTreeMap<String, HeldoutResult>) -> Option<HeldoutResult> {
+    match select_on {
+        [] => heldout.or_else(|| sets.values().next()).cloned(),
+        [one] => sets.get(one).cloned(),
+        many => {
+            let chosen: Vec<&HeldoutResult> = many.iter().filter_map(|n| sets.get(n)).collect();
+            let tokens: usize = chosen.iter().map(|r| r.tokens).sum();
+            let loss = chosen.iter().map(|r| r.loss * r.tokens as f64).sum::<f64>() / tokens as f64;
+            let mut languages = std::collections::BTreeMap::new();
+            for r in &chosen {
+                languages.extend(r.languages.iter().map(|(l, x)| (l.clone(), x.clone())));
+            }
+            Some(HeldoutResult { loss, perplexity: loss.exp(), tokens, examples: chosen.iter().map(|r| r.examples).sum(), languages })
         }
     }
 }
@@ -307,8 +347,9 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
             }
             writeln!(live, "{line}").with_context(|| format!("cannot write {}", metrics_path.display()))?;
             position.history.push(line);
-            // Best by the held-out share, or without one by the first shared set.
-            let judge = heldout.as_ref().or_else(|| sets.values().next()).expect("something was evaluated");
+            // Best by the select_on sets, or the held-out share, or without one the first shared set.
+            let judge = judge(&input.cond.select_on, heldout.as_ref(), &sets).expect("select_on names evaluated sets");
+            let judge = &judge;
             progress.eval(input.name, m.step, judge);
             if keep == "all" {
                 let out = dir.join("adapters").join(format!("step-{}", m.step));
