@@ -1,6 +1,6 @@
 //! The quickstart (`recipes/quickstart.toml`, unchanged) shows what the README promises: the training loss falls,
-//! the kept adapter is a later epoch than the first, the two learning rates end apart, and the origins are told
-//! apart on their held-out shares. About a minute on 2 cores.
+//! the kept adapter is a later epoch than the first, and the two learning rates end apart on the shared test set.
+//! About a minute on 2 cores.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -74,17 +74,11 @@ fn the_quickstart_shows_learning() {
         // The learning rate matters: lr 1e-2 ends clearly lower than 1e-3 on the shared test set.
         assert!(test_loss(c, "1e-2") < test_loss(c, "1e-3") - MIN_LR_GAP, "{c}: lr 1e-2 vs 1e-3 on es-test\n{seen}");
     }
-    // The origins are told apart in the report's first table: each condition's own held-out share, native vs
-    // translated, at both learning rates. (On the shared es-test set they end within a few hundredths of each
-    // other: the tiny model learns Spanish instructions from all three alike; the README says so.)
-    for lr in ["1e-2", "1e-3"] {
-        let gap = (heldout_loss("es-native", lr) - heldout_loss("es-translated", lr)).abs();
-        assert!(gap > MIN_ORIGIN_GAP, "held-out loss, native vs translated at lr {lr}: {gap:.4} apart\n{seen}");
-    }
+    // No assertion that the origins differ: their own held-out shares are different texts (not a comparison), and
+    // on the shared es-test set the tiny model ends within a few hundredths for all three; the README says so.
     eprintln!("{seen}");
 }
 
 /// Margins (in nats of mean loss per target token) the README's quickstart paragraph promises.
 const MIN_TRAIN_DROP: f64 = 0.2;
 const MIN_LR_GAP: f64 = 0.1;
-const MIN_ORIGIN_GAP: f64 = 0.1;
