@@ -37,6 +37,10 @@ pub struct Recipe {
     pub evals: Vec<crate::eval::TaskSpec>,
     /// Where source paths resolve (relative to the recipe's folder); default: the recipe's folder.
     pub data_root: Option<PathBuf>,
+    /// Where `[[evals]]` paths (`path`, `dev`) resolve (relative to the recipe's folder); default: the recipe's
+    /// folder. `--benchmarks-root` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmarks_root: Option<PathBuf>,
     /// "error" (default): a bad record stops the run naming file, line and field; "skip": skip and report.
     #[serde(default = "error_policy")]
     pub on_bad_record: String,
@@ -470,6 +474,15 @@ impl Recipe {
             p.to_path_buf()
         } else {
             self.base_dir.join(p)
+        }
+    }
+
+    /// Resolves an `[[evals]]` path: against `benchmarks_root` (itself relative to the recipe's folder), or
+    /// without one against the recipe's folder.
+    pub fn resolve_benchmark(&self, p: &Path) -> PathBuf {
+        match &self.benchmarks_root {
+            Some(root) => self.resolve(&self.resolve(root).join(p)),
+            None => self.resolve(p),
         }
     }
 

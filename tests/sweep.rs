@@ -563,3 +563,68 @@ fn select_on_keeps_the_best_on_a_shared_set_and_cleaning_is_counted() {
     let e = stderr(&trainer(&["plan", rs]));
     assert!(e.contains("[[sources]] `es-translated`") && e.contains("`(2`"), "{e}");
 }
+
+/// `[[evals]]` paths resolve against `--benchmarks-root` (then the recipe's `benchmarks_root`, then its folder):
+/// a recipe naming its benchmarks by file name alone is planned and scored on the files of the folder given.
+#[test]
+fn benchmarks_root_resolves_evals_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo();
+    let text = format!(
+        r#"name = "b"
+output_dir = "out"
+[model]
+path = "{tiny}"
+[train]
+lr = [1e-3]
+max_steps = 1
+batch_size = 4
+max_seq_len = 128
+[[sources]]
+name = "es"
+path = "{samples}/es-native.json"
+language = "es"
+[[evals]]
+name = "mc-es"
+task = "mc"
+path = "mc-es.jsonl"
+dev = "mc-es-dev.jsonl"
+shots = 1
+[[evals]]
+name = "qa-es"
+task = "qa"
+path = "qa-es.jsonl"
+max_new_tokens = 4
+"#,
+        tiny = r.join("data/tiny-llama").display(),
+        samples = r.join("data/samples").display(),
+    );
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(&recipe, &text).unwrap();
+    let recipe = recipe.to_str().unwrap();
+    let benchmarks = r.join("data/benchmarks");
+    let benchmarks = benchmarks.to_str().unwrap();
+    // Without a root the paths resolve against the recipe's folder, which has no benchmarks: plan says so.
+    let o = trainer(&["plan", recipe]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("[[evals]] `mc-es`: no file") && stderr(&o).contains("--benchmarks-root"), "{}", stderr(&o));
+    assert!(trainer(&["plan", recipe, "--benchmarks-root", benchmarks]).status.success());
+    // The recipe key does the same, relative to the recipe's folder.
+    let keyed = dir.path().join("keyed.toml");
+    std::fs::write(&keyed, format!("benchmarks_root = {:?}\n{text}", pathdiff(dir.path(), &r.join("data/benchmarks")))).unwrap();
+    let o = trainer(&["plan", keyed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A run scores both benchmarks from there.
+    let out = dir.path().join("out");
+    let o = trainer(&["run", recipe, "--benchmarks-root", benchmarks, "--output-dir", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = json(&out.join("b-lr1e-3/run.json"));
+    assert!(run["benchmarks"]["mc-es"]["acc"].is_number() && run["benchmarks"]["qa-es"]["exact_match"].is_number(), "{run}");
+    assert_eq!(lines(&out.join("b-lr1e-3/benchmarks/mc-es.jsonl")).len(), lines(&r.join("data/benchmarks/mc-es.jsonl")).len());
+}
+
+/// `to` relative to `from` (both absolute, `from` a temporary folder): up to the root, then down.
+fn pathdiff(from: &Path, to: &Path) -> String {
+    let ups = from.components().count() - 1;
+    format!("{}{}", "../".repeat(ups), to.strip_prefix("/").unwrap().display())
+}
