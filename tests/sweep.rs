@@ -317,19 +317,24 @@ fn command_line_mistakes_get_one_clear_error() {
 }
 
 /// Writes `n` small records in `format` at `path`, ids aligned across files ("r0", "r1", …) or, with
-/// `id_languages`, Aya-style ids carrying a language part.
-fn synthetic(path: &Path, format: trainer::data::format::Format, n: usize, id_parts: &[String]) {
+/// `id_languages`, Aya-style ids carrying a language part; without ids at all when `with_ids` is false (a source
+/// with `id_from = "index"`, aligned by position).
+fn synthetic(path: &Path, format: trainer::data::format::Format, n: usize, id_parts: &[String], with_ids: bool) {
     use trainer::data::format::Format;
     let records: Vec<Value> = (0..n)
         .map(|i| {
             let id = if id_parts.is_empty() { format!("r{i}") } else { format!("aya_{}_{i}", id_parts[i % id_parts.len()]) };
             let (q, a) = (format!("question {i}?"), format!("answer {i}."));
-            match format {
+            let mut r = match format {
                 Format::Alpaca => serde_json::json!({ "instruction": q, "input": "", "output": a, "id": id }),
                 Format::Lima => serde_json::json!({ "conversations": [q, a, "and then?", "more."], "id": id }),
                 Format::UltraLink => serde_json::json!({ "data": [q, a], "id": id }),
                 other => panic!("no synthetic records for {other:?}"),
+            };
+            if !with_ids {
+                r.as_object_mut().unwrap().remove("id");
             }
+            r
         })
         .collect();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -350,9 +355,9 @@ fn every_shipped_recipe_plans() {
         ("quickstart", &[], 6, 3),
         ("native-vs-translated", &[], 30, 15),
         ("multilingual-8", &[], 6, 3),
-        // The tiny model has no chat template: ultralink's "model" template is swapped for a built-in.
-        ("ultralink", &["--set", "template.name=chatml"], 11, 11),
-        ("polyglot-x", &[], 7 * 3, 7),
+        ("ultralink", &[], 11, 11),
+        // Nine compositions on each of Lima-X and Bactrian-X, one seed.
+        ("polyglot-x", &[], 18, 18),
     ];
     for (name, extra, runs, conditions) in cases {
         let path = repo().join(format!("recipes/{name}.toml"));
@@ -361,7 +366,7 @@ fn every_shipped_recipe_plans() {
         let expanded = trainer::data::pipeline::expand_with_root(&recipe, Some(data.path())).unwrap();
         if name != "quickstart" {
             for s in &expanded.sources {
-                synthetic(&s.path, s.format, 60, &s.id_languages.keys().cloned().collect::<Vec<_>>());
+                synthetic(&s.path, s.format, 60, &s.id_languages.keys().cloned().collect::<Vec<_>>(), !s.filter.id_from_index);
             }
         }
         assert_eq!(expanded.conditions.len(), conditions, "{name}");
@@ -378,12 +383,25 @@ fn every_shipped_recipe_plans() {
         if name == "multilingual-8" {
             assert_eq!(p["runs"][0]["languages"].as_object().unwrap().len(), 8, "languages read from the ids: {}", p["runs"][0]);
         }
+        let by = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap_or_else(|| panic!("{name}: no run of {c}")).clone();
+        let all = |r: &Value| r["train_examples"].as_u64().unwrap() + r["heldout_examples"].as_u64().unwrap();
         if name == "polyglot-x" {
-            let by = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap().clone();
-            let (mono, parallel, sampled) = (by("en-mono"), by("ENDEFRITES-parallel"), by("ENDEFRITES-sampled"));
-            assert_eq!(parallel["train_examples"].as_u64().unwrap(), 5 * sampled["train_examples"].as_u64().unwrap());
-            assert_eq!(sampled["languages"].as_object().unwrap().len(), 5);
-            assert_eq!(mono["train_examples"], sampled["train_examples"]);
+            // Lima-X's synthetic files carry no ids (id_from = "index" aligns them by position), Bactrian-X's do.
+            for data in ["lima-x", "bactrian-x"] {
+                let mono = by(&format!("{data}-en-mono"));
+                for (mix, n) in [("ENDEFRITES", 5), ("DEFRITES", 4)] {
+                    let (parallel, sampled) = (by(&format!("{data}-{mix}-parallel")), by(&format!("{data}-{mix}-sampled")));
+                    assert_eq!(parallel["train_examples"].as_u64().unwrap(), n * sampled["train_examples"].as_u64().unwrap(), "{data} {mix}");
+                    assert_eq!(sampled["languages"].as_object().unwrap().len(), n as usize, "{data} {mix}: {sampled}");
+                    assert_eq!(parallel["languages"].as_object().unwrap().contains_key("en"), n == 5);
+                    assert_eq!(mono["train_examples"], sampled["train_examples"], "{data} {mix}");
+                }
+            }
+        }
+        if name == "ultralink" {
+            // The release is already pruned: nothing is dropped again, all four files of a language are trained on.
+            assert_eq!(all(&by("en-specific+agnostic")), 4 * all(&by("en-specific")));
+            assert_eq!(all(&by("all-languages")), 5 * 4 * 60);
         }
     }
 }
