@@ -22,6 +22,9 @@ struct RecipeArgs {
     /// Resolve source paths against this folder instead of the recipe's data_root.
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// Resolve [[evals]] paths (path, dev) against this folder instead of the recipe's benchmarks_root.
+    #[arg(long)]
+    benchmarks_root: Option<PathBuf>,
     /// Change a recipe value: --set train.epochs=1 --set 'train.lr=[1e-4]' (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -44,6 +47,7 @@ impl RecipeArgs {
         Ok(Options {
             output_dir,
             data_root: self.data_root.clone(),
+            benchmarks_root: self.benchmarks_root.clone(),
             overrides: self.overrides.clone(),
             model: self.model.clone(),
             device: self.device.clone(),
@@ -362,6 +366,9 @@ fn run_on_gpus(args: &RecipeArgs, opts: &Options, gpus: &[usize], log_format: &s
         }
         if let Some(d) = &args.data_root {
             cmd.arg("--data-root").arg(d);
+        }
+        if let Some(d) = &args.benchmarks_root {
+            cmd.arg("--benchmarks-root").arg(d);
         }
         if let Some(m) = &args.model {
             cmd.args(["--model", m]);

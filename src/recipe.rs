@@ -37,6 +37,10 @@ pub struct Recipe {
     pub evals: Vec<crate::eval::TaskSpec>,
     /// Where source paths resolve (relative to the recipe's folder); default: the recipe's folder.
     pub data_root: Option<PathBuf>,
+    /// Where `[[evals]]` paths (`path`, `dev`) resolve (relative to the recipe's folder); default: the recipe's
+    /// folder. `--benchmarks-root` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmarks_root: Option<PathBuf>,
     /// "error" (default): a bad record stops the run naming file, line and field; "skip": skip and report.
     #[serde(default = "error_policy")]
     pub on_bad_record: String,
@@ -359,6 +363,11 @@ pub struct SourceSection {
     /// `aya_spa_7`, the id of the native record it was translated from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_strip: Option<String>,
+    /// Where a record's id comes from: "field" (default: the format's id field, `fields.id` renames it) or
+    /// "index" (its 0-based position in the file, as a string: for translations that keep the original's order
+    /// and carry no ids, so the same index in each language's file aligns the same instruction).
+    #[serde(default, skip_serializing_if = "IdFrom::is_field")]
+    pub id_from: IdFrom,
     /// Cleaning: drop a record whose instruction, input or response (any turn of a conversation) matches one of
     /// these regular expressions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -373,6 +382,23 @@ pub struct SourceSection {
     /// keeping the first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dedup: bool,
+}
+
+/// Where a source's record ids come from (`id_from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdFrom {
+    /// The format's id field (records without one have no id).
+    #[default]
+    Field,
+    /// The record's 0-based position in its file (every item counts, bad ones too, so the index never shifts).
+    Index,
+}
+
+impl IdFrom {
+    fn is_field(&self) -> bool {
+        *self == IdFrom::Field
+    }
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
@@ -448,6 +474,15 @@ impl Recipe {
             p.to_path_buf()
         } else {
             self.base_dir.join(p)
+        }
+    }
+
+    /// Resolves an `[[evals]]` path: against `benchmarks_root` (itself relative to the recipe's folder), or
+    /// without one against the recipe's folder.
+    pub fn resolve_benchmark(&self, p: &Path) -> PathBuf {
+        match &self.benchmarks_root {
+            Some(root) => self.resolve(&self.resolve(root).join(p)),
+            None => self.resolve(p),
         }
     }
 

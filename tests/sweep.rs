@@ -317,19 +317,24 @@ fn command_line_mistakes_get_one_clear_error() {
 }
 
 /// Writes `n` small records in `format` at `path`, ids aligned across files ("r0", "r1", …) or, with
-/// `id_languages`, Aya-style ids carrying a language part.
-fn synthetic(path: &Path, format: trainer::data::format::Format, n: usize, id_parts: &[String]) {
+/// `id_languages`, Aya-style ids carrying a language part; without ids at all when `with_ids` is false (a source
+/// with `id_from = "index"`, aligned by position).
+fn synthetic(path: &Path, format: trainer::data::format::Format, n: usize, id_parts: &[String], with_ids: bool) {
     use trainer::data::format::Format;
     let records: Vec<Value> = (0..n)
         .map(|i| {
             let id = if id_parts.is_empty() { format!("r{i}") } else { format!("aya_{}_{i}", id_parts[i % id_parts.len()]) };
             let (q, a) = (format!("question {i}?"), format!("answer {i}."));
-            match format {
+            let mut r = match format {
                 Format::Alpaca => serde_json::json!({ "instruction": q, "input": "", "output": a, "id": id }),
                 Format::Lima => serde_json::json!({ "conversations": [q, a, "and then?", "more."], "id": id }),
                 Format::UltraLink => serde_json::json!({ "data": [q, a], "id": id }),
                 other => panic!("no synthetic records for {other:?}"),
+            };
+            if !with_ids {
+                r.as_object_mut().unwrap().remove("id");
             }
+            r
         })
         .collect();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -350,9 +355,9 @@ fn every_shipped_recipe_plans() {
         ("quickstart", &[], 6, 3),
         ("native-vs-translated", &[], 30, 15),
         ("multilingual-8", &[], 6, 3),
-        // The tiny model has no chat template: ultralink's "model" template is swapped for a built-in.
-        ("ultralink", &["--set", "template.name=chatml"], 11, 11),
-        ("polyglot-x", &[], 7 * 3, 7),
+        ("ultralink", &[], 11, 11),
+        // Nine compositions on each of Lima-X and Bactrian-X, one seed.
+        ("polyglot-x", &[], 18, 18),
     ];
     for (name, extra, runs, conditions) in cases {
         let path = repo().join(format!("recipes/{name}.toml"));
@@ -361,7 +366,7 @@ fn every_shipped_recipe_plans() {
         let expanded = trainer::data::pipeline::expand_with_root(&recipe, Some(data.path())).unwrap();
         if name != "quickstart" {
             for s in &expanded.sources {
-                synthetic(&s.path, s.format, 60, &s.id_languages.keys().cloned().collect::<Vec<_>>());
+                synthetic(&s.path, s.format, 60, &s.id_languages.keys().cloned().collect::<Vec<_>>(), !s.filter.id_from_index);
             }
         }
         assert_eq!(expanded.conditions.len(), conditions, "{name}");
@@ -378,12 +383,25 @@ fn every_shipped_recipe_plans() {
         if name == "multilingual-8" {
             assert_eq!(p["runs"][0]["languages"].as_object().unwrap().len(), 8, "languages read from the ids: {}", p["runs"][0]);
         }
+        let by = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap_or_else(|| panic!("{name}: no run of {c}")).clone();
+        let all = |r: &Value| r["train_examples"].as_u64().unwrap() + r["heldout_examples"].as_u64().unwrap();
         if name == "polyglot-x" {
-            let by = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap().clone();
-            let (mono, parallel, sampled) = (by("en-mono"), by("ENDEFRITES-parallel"), by("ENDEFRITES-sampled"));
-            assert_eq!(parallel["train_examples"].as_u64().unwrap(), 5 * sampled["train_examples"].as_u64().unwrap());
-            assert_eq!(sampled["languages"].as_object().unwrap().len(), 5);
-            assert_eq!(mono["train_examples"], sampled["train_examples"]);
+            // Lima-X's synthetic files carry no ids (id_from = "index" aligns them by position), Bactrian-X's do.
+            for data in ["lima-x", "bactrian-x"] {
+                let mono = by(&format!("{data}-en-mono"));
+                for (mix, n) in [("ENDEFRITES", 5), ("DEFRITES", 4)] {
+                    let (parallel, sampled) = (by(&format!("{data}-{mix}-parallel")), by(&format!("{data}-{mix}-sampled")));
+                    assert_eq!(parallel["train_examples"].as_u64().unwrap(), n * sampled["train_examples"].as_u64().unwrap(), "{data} {mix}");
+                    assert_eq!(sampled["languages"].as_object().unwrap().len(), n as usize, "{data} {mix}: {sampled}");
+                    assert_eq!(parallel["languages"].as_object().unwrap().contains_key("en"), n == 5);
+                    assert_eq!(mono["train_examples"], sampled["train_examples"], "{data} {mix}");
+                }
+            }
+        }
+        if name == "ultralink" {
+            // The release is already pruned: nothing is dropped again, all four files of a language are trained on.
+            assert_eq!(all(&by("en-specific+agnostic")), 4 * all(&by("en-specific")));
+            assert_eq!(all(&by("all-languages")), 5 * 4 * 60);
         }
     }
 }
@@ -562,4 +580,69 @@ fn select_on_keeps_the_best_on_a_shared_set_and_cleaning_is_counted() {
     std::fs::write(&r, text.replace("drop_if = ['2']", "drop_if = ['(2']")).unwrap();
     let e = stderr(&trainer(&["plan", rs]));
     assert!(e.contains("[[sources]] `es-translated`") && e.contains("`(2`"), "{e}");
+}
+
+/// `[[evals]]` paths resolve against `--benchmarks-root` (then the recipe's `benchmarks_root`, then its folder):
+/// a recipe naming its benchmarks by file name alone is planned and scored on the files of the folder given.
+#[test]
+fn benchmarks_root_resolves_evals_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo();
+    let text = format!(
+        r#"name = "b"
+output_dir = "out"
+[model]
+path = "{tiny}"
+[train]
+lr = [1e-3]
+max_steps = 1
+batch_size = 4
+max_seq_len = 128
+[[sources]]
+name = "es"
+path = "{samples}/es-native.json"
+language = "es"
+[[evals]]
+name = "mc-es"
+task = "mc"
+path = "mc-es.jsonl"
+dev = "mc-es-dev.jsonl"
+shots = 1
+[[evals]]
+name = "qa-es"
+task = "qa"
+path = "qa-es.jsonl"
+max_new_tokens = 4
+"#,
+        tiny = r.join("data/tiny-llama").display(),
+        samples = r.join("data/samples").display(),
+    );
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(&recipe, &text).unwrap();
+    let recipe = recipe.to_str().unwrap();
+    let benchmarks = r.join("data/benchmarks");
+    let benchmarks = benchmarks.to_str().unwrap();
+    // Without a root the paths resolve against the recipe's folder, which has no benchmarks: plan says so.
+    let o = trainer(&["plan", recipe]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("[[evals]] `mc-es`: no file") && stderr(&o).contains("--benchmarks-root"), "{}", stderr(&o));
+    assert!(trainer(&["plan", recipe, "--benchmarks-root", benchmarks]).status.success());
+    // The recipe key does the same, relative to the recipe's folder.
+    let keyed = dir.path().join("keyed.toml");
+    std::fs::write(&keyed, format!("benchmarks_root = {:?}\n{text}", pathdiff(dir.path(), &r.join("data/benchmarks")))).unwrap();
+    let o = trainer(&["plan", keyed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A run scores both benchmarks from there.
+    let out = dir.path().join("out");
+    let o = trainer(&["run", recipe, "--benchmarks-root", benchmarks, "--output-dir", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = json(&out.join("b-lr1e-3/run.json"));
+    assert!(run["benchmarks"]["mc-es"]["acc"].is_number() && run["benchmarks"]["qa-es"]["exact_match"].is_number(), "{run}");
+    assert_eq!(lines(&out.join("b-lr1e-3/benchmarks/mc-es.jsonl")).len(), lines(&r.join("data/benchmarks/mc-es.jsonl")).len());
+}
+
+/// `to` relative to `from` (both absolute, `from` a temporary folder): up to the root, then down.
+fn pathdiff(from: &Path, to: &Path) -> String {
+    let ups = from.components().count() - 1;
+    format!("{}{}", "../".repeat(ups), to.strip_prefix("/").unwrap().display())
 }

@@ -20,6 +20,8 @@ pub struct Filter {
     pub max_chars: Option<usize>,
     pub dedup: bool,
     pub id_strip: Option<Regex>,
+    /// `id_from = "index"`: ids are the records' positions in the file.
+    pub id_from_index: bool,
 }
 
 fn compile(source: &str, key: &str, pattern: &str) -> Result<Regex> {
@@ -36,7 +38,7 @@ impl Filter {
                 bail!("[[sources]] `{}`: min_chars {lo} is more than max_chars {hi}", s.name);
             }
         }
-        Ok(Filter { drop_if, min_chars: s.min_chars, max_chars: s.max_chars, dedup: s.dedup, id_strip })
+        Ok(Filter { drop_if, min_chars: s.min_chars, max_chars: s.max_chars, dedup: s.dedup, id_strip, id_from_index: s.id_from == crate::recipe::IdFrom::Index })
     }
 
     /// Whether any record can be dropped.

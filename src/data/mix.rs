@@ -26,7 +26,7 @@ pub enum Size {
 pub struct Entry {
     pub source: String,
     pub size: Size,
-    /// Drop this fraction of the source first (seeded), as UltraLink's pruned data does.
+    /// Drop this fraction of the source first (seeded): an opt-in pruning (UltraLink's release is pruned already).
     pub prune: Option<f64>,
 }
 

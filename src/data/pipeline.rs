@@ -194,7 +194,7 @@ impl BadRecords {
 /// the source's cleaning rules drop are counted in `dropped`.
 pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords, dropped: &mut Dropped) -> Result<Vec<Record>> {
     let mut out = Vec::new();
-    for item in reader::open(&spec.path).with_context(|| format!("[[sources]] `{}`", spec.name))? {
+    for (index, item) in reader::open(&spec.path).with_context(|| format!("[[sources]] `{}`", spec.name))?.enumerate() {
         let parsed = item.and_then(|raw| {
             let p = format::parse(spec.format, &spec.fields, &raw.value).map_err(|e| anyhow::anyhow!("{}: {e}", raw.location))?;
             Ok((raw.location, p))
@@ -215,7 +215,7 @@ pub fn read_source(spec: &SourceSpec, skip: bool, bad: &mut BadRecords, dropped:
                 language: spec.language.clone().or(p.language).or_else(|| p.id.as_deref().and_then(|id| language_from_id(id, &spec.id_languages))),
                 origin: spec.origin.clone(),
                 engine: spec.engine.clone(),
-                source_id: p.id.map(|id| spec.filter.id(id)),
+                source_id: if spec.filter.id_from_index { Some(spec.filter.id(index.to_string())) } else { p.id.map(|id| spec.filter.id(id)) },
             },
             location,
         });
@@ -445,4 +445,39 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
         });
     }
     Ok((out, bad, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &Path, id_from: &str) -> SourceSpec {
+        let section: crate::recipe::SourceSection = toml::from_str(&format!("name = \"s\"\npath = \"x\"\nformat = \"lima\"\nid_from = \"{id_from}\"")).unwrap();
+        SourceSpec {
+            name: "s".into(),
+            path: path.to_path_buf(),
+            format: Format::Lima,
+            fields: FieldMap::default(),
+            language: Some("de".into()),
+            origin: None,
+            engine: None,
+            id_languages: BTreeMap::new(),
+            filter: Filter::from_section(&section).unwrap(),
+        }
+    }
+
+    #[test]
+    fn id_from_index_gives_records_their_position_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("de.jsonl");
+        // No ids; the second line is bad (skipped) and still counts, so later records keep their positions.
+        std::fs::write(&path, "{\"conversations\": [\"a?\", \"a.\"]}\n{\"conversations\": 3}\n{\"conversations\": [\"c?\", \"c.\"], \"id\": \"x\"}\n").unwrap();
+        let mut bad = BadRecords::default();
+        let ids = |s: &SourceSpec, bad: &mut BadRecords| read_source(s, true, bad, &mut Dropped::new()).unwrap().into_iter().map(|r| r.provenance.source_id).collect::<Vec<_>>();
+        assert_eq!(ids(&spec(&path, "index"), &mut bad), [Some("0".to_string()), Some("2".to_string())], "the file's own id is replaced too");
+        assert_eq!(bad.count, 1);
+        assert_eq!(ids(&spec(&path, "field"), &mut bad), [None, Some("x".to_string())], "the default: the id field, none without one");
+        let e = toml::from_str::<crate::recipe::SourceSection>("name = \"s\"\npath = \"x\"\nid_from = \"line\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `line`"), "{e}");
+    }
 }

@@ -82,6 +82,8 @@ impl RunLock {
 pub struct Options {
     pub output_dir: Option<PathBuf>,
     pub data_root: Option<PathBuf>,
+    /// `--benchmarks-root`: where `[[evals]]` paths resolve (a path relative to the working directory).
+    pub benchmarks_root: Option<PathBuf>,
     /// `--set key=value`.
     pub overrides: Vec<String>,
     /// `--model`: train this model instead of the recipe's (a path relative to the working directory, or a hub id).
@@ -115,6 +117,10 @@ pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
         let template = recipe.models().into_iter().next().expect("validated: at least one model");
         recipe.model = Some(ModelSection { path, name: None, ..template });
         recipe.models.clear();
+    }
+    if let Some(d) = &opts.benchmarks_root {
+        // Relative to the working directory, as --data-root; made absolute so the recipe's folder does not apply.
+        recipe.benchmarks_root = Some(std::path::absolute(d).with_context(|| format!("--benchmarks-root {}", d.display()))?);
     }
     if let Some(d) = &opts.device {
         for m in recipe.model.iter_mut().chain(recipe.models.iter_mut()) {
@@ -272,6 +278,15 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
     let runs = selected_runs(&recipe, opts)?;
+    // The benchmarks are read only after training: a missing file is found now, not hours later.
+    for spec in &recipe.evals {
+        for p in std::iter::once(&spec.path).chain(&spec.dev) {
+            let resolved = recipe.resolve_benchmark(p);
+            if !resolved.is_file() {
+                bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());
+            }
+        }
+    }
     let mut out = Vec::new();
     let mut bad = BadRecords::default();
     let mut dropped = Dropped::new();
@@ -516,7 +531,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
     ));
     let mut benchmarks = Vec::new();
     for spec in &recipe.evals {
-        let spec = crate::eval::TaskSpec { path: recipe.resolve(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve(d)), ..spec.clone() };
+        let spec = crate::eval::TaskSpec { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), ..spec.clone() };
         benchmarks.push((spec.name.clone(), spec.load(&session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
     Ok((recipe.clone(), session, conditions, sets, benchmarks, bad, dropped))
