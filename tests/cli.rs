@@ -3,11 +3,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("trainer runs")
-}
+mod common;
+use common::{trainer, stderr};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -15,10 +14,6 @@ fn fixtures() -> PathBuf {
 
 fn golden(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A recipe reproducing the golden 3-step training of `model` (no shuffle, no dropout, init from its adapter).

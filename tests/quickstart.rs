@@ -3,16 +3,11 @@
 //! About a minute on 2 cores.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
+mod common;
+use common::{repo, json};
 
 /// Mean training loss of each epoch, in order.
 fn epoch_losses(run: &Path) -> Vec<f64> {
