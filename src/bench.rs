@@ -131,10 +131,22 @@ fn mc_question(item: &McItem, style: McStyle) -> String {
 }
 
 fn mc_continuation(item: &McItem, i: usize, style: McStyle) -> String {
+    format!(" {}", mc_choice(item, i, style))
+}
+
+/// The choice string itself, without the target delimiter: what lm-eval's acc_norm divides by the length of.
+fn mc_choice(item: &McItem, i: usize, style: McStyle) -> String {
     match style {
-        McStyle::Continuation => format!(" {}", item.choices[i].trim()),
-        McStyle::Letters => format!(" {}", letter(i)),
+        McStyle::Continuation => item.choices[i].trim().to_string(),
+        McStyle::Letters => letter(i).to_string(),
     }
+}
+
+/// The choice with the highest log-likelihood per character of its own string (lm-eval's acc_norm:
+/// `completion_len = len(choice)`, the delimiter not counted); the first on ties, as numpy's argmax.
+fn norm_argmax(ll: &[f64], choices: &[String]) -> usize {
+    let norm: Vec<f64> = ll.iter().zip(choices).map(|(x, c)| x / c.chars().count() as f64).collect();
+    norm.iter().enumerate().fold(0, |best, (i, &x)| if x > norm[best] { i } else { best })
 }
 
 /// The k-shot context of an item: the first `shots` dev items with their answers, then the question.
@@ -196,8 +208,8 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, i
         let ll: Vec<f64> = nll[k..k + item.choices.len()].iter().map(|x| -x).collect();
         k += item.choices.len();
         let argmax = |xs: &[f64]| xs.iter().enumerate().fold(0, |best, (i, &x)| if x > xs[best] { i } else { best });
-        let norm: Vec<f64> = ll.iter().enumerate().map(|(i, x)| x / mc_continuation(item, i, style).chars().count() as f64).collect();
-        let (right, right_norm) = (argmax(&ll) == item.answer, argmax(&norm) == item.answer);
+        let choices: Vec<String> = (0..item.choices.len()).map(|i| mc_choice(item, i, style)).collect();
+        let (right, right_norm) = (argmax(&ll) == item.answer, norm_argmax(&ll, &choices) == item.answer);
         correct += right as usize;
         correct_norm += right_norm as usize;
         item_scores.push((right as u8 as f64, right_norm as u8 as f64));
@@ -377,6 +389,19 @@ pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acc_norm_divides_by_the_choice_without_its_delimiter() {
+        // Per character of " a" and " bbbb" (the old rule) choice 0 wins (-1.0 vs -1.2); per character of the
+        // choices themselves, as lm-eval counts, choice 1 does (-2.0 vs -1.5).
+        let choices = ["a".to_string(), "bbbb".to_string()];
+        assert_eq!(norm_argmax(&[-2.0, -6.0], &choices), 1);
+        assert_eq!(norm_argmax(&[-1.0, -1.0], &["x".to_string(), "y".to_string()]), 0, "ties go to the first");
+        let item = McItem { question: "q".into(), choices: vec!["  a ".into(), "bbbb".into()], answer: 1, id: None, language: None };
+        assert_eq!(mc_choice(&item, 0, McStyle::Continuation), "a");
+        assert_eq!(mc_choice(&item, 1, McStyle::Letters), "B");
+        assert_eq!(mc_continuation(&item, 0, McStyle::Continuation), " a", "the scored continuation keeps the delimiter");
+    }
 
     #[test]
     fn qa_metrics_follow_squad_and_mgsm() {

@@ -66,11 +66,13 @@ pub struct ModelConfig {
     pub max_position_embeddings: Option<usize>,
 }
 
-fn token_ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => vec![],
+/// A token id field (one id or a list); an id that does not fit in u32 is an error, not a wrapped id.
+fn token_ids(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<u32>> {
+    let id = |x: &Value| x.as_u64().map(|n| u32::try_from(n).with_context(|| format!("`{key}`: {n} is not a token id")));
+    match obj.get(key) {
+        Some(v @ Value::Number(_)) => id(v).transpose().map(|x| x.into_iter().collect()),
+        Some(Value::Array(a)) => a.iter().filter_map(id).collect(),
+        _ => Ok(vec![]),
     }
 }
 
@@ -206,9 +208,9 @@ impl ModelConfig {
             o_bias,
             mlp_bias,
             checkpoint_dtype,
-            bos_token_id: token_ids(obj.get("bos_token_id")).first().copied(),
-            eos_token_ids: token_ids(obj.get("eos_token_id")),
-            pad_token_id: token_ids(obj.get("pad_token_id")).first().copied(),
+            bos_token_id: token_ids(obj, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids(obj, "eos_token_id")?,
+            pad_token_id: token_ids(obj, "pad_token_id")?.first().copied(),
             max_position_embeddings: opt_usize("max_position_embeddings"),
         })
     }
@@ -241,6 +243,18 @@ mod tests {
             assert_eq!(c.head_dim, 16);
             assert!(!c.tie_word_embeddings);
         }
+    }
+
+    #[test]
+    fn token_ids_that_do_not_fit_are_errors_not_wrapped() {
+        let mut j = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,"eos_token_id":[2, 7]});
+        assert_eq!(ModelConfig::from_json(&j).unwrap().eos_token_ids, [2, 7]);
+        j["eos_token_id"] = json!(4294967296u64);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("`eos_token_id`: 4294967296 is not a token id"), "{e}");
+        j["eos_token_id"] = json!([2, 4294967297u64]);
+        assert!(ModelConfig::from_json(&j).is_err());
     }
 
     #[test]

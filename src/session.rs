@@ -22,14 +22,20 @@ pub struct ModelText {
     pub pad_id: u32,
 }
 
-/// `eos_token_id` of generation_config.json, when config.json has none.
-fn generation_eos(files: &ModelFiles) -> Option<u32> {
-    let text = std::fs::read_to_string(files.generation_config.as_ref()?).ok()?;
-    let json: serde_json::Value = crate::jsonutil::from_str(&text).ok()?;
-    match json.get("eos_token_id")? {
-        serde_json::Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
-        v => v.as_u64().map(|x| x as u32),
-    }
+/// `eos_token_id` of generation_config.json, when the model has one. A file that is there but unreadable is an
+/// error naming it, not a silent fallback to another end-of-sequence token.
+fn generation_eos(files: &ModelFiles) -> Result<Option<u32>> {
+    let Some(path) = files.generation_config.as_ref() else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let first = match json.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a.first().cloned(),
+        other => other.cloned(),
+    };
+    first
+        .filter(|v| !v.is_null())
+        .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()).with_context(|| format!("{}: `eos_token_id` {v} is not a token id", path.display())))
+        .transpose()
 }
 
 impl ModelText {
@@ -37,11 +43,12 @@ impl ModelText {
         let files = checkpoint::locate(model, base_dir)?;
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = TextTokenizer::load(&files)?;
+        let from_generation = if config.eos_token_ids.is_empty() { generation_eos(&files)? } else { None };
         let eos_id = config
             .eos_token_ids
             .first()
             .copied()
-            .or_else(|| generation_eos(&files))
+            .or(from_generation)
             .or_else(|| tokenizer.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)))
             .with_context(|| format!("{}: no eos_token_id in config.json or generation_config.json, and no eos_token in tokenizer_config.json", files.dir.display()))?;
         // Padding is never attended to nor scored, so any valid id works when the config names none.

@@ -351,3 +351,25 @@ fn a_write_that_fails_names_the_file_and_keeps_the_previous_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming after step"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_malformed_generation_config_is_an_error_not_a_silent_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = repo().join("data/tiny-llama");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny.join(f), dir.path().join(f)).unwrap();
+    }
+    // Without eos_token_id in config.json the end-of-sequence id comes from generation_config.json.
+    let mut config = json(&tiny.join("config.json"));
+    config.as_object_mut().unwrap().remove("eos_token_id");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let open = || trainer::session::ModelText::open(dir.path().to_str().unwrap(), None);
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [7, 2]}"#).unwrap();
+    assert_eq!(open().unwrap().eos_id, 7);
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": 2,"#).unwrap();
+    let e = format!("{:#}", open().err().expect("a malformed file is an error"));
+    assert!(e.contains("generation_config.json is not valid JSON"), "{e}");
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": "</s>"}"#).unwrap();
+    let e = format!("{:#}", open().err().expect("a non-id is an error"));
+    assert!(e.contains("`eos_token_id` \"</s>\" is not a token id"), "{e}");
+}
