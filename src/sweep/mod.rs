@@ -439,7 +439,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 continue;
             };
             let input = RunInput {
-                recipe: &recipe,
+                recipe,
                 session: &session,
                 model,
                 cond: c,
@@ -449,7 +449,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 name: &g.name,
                 lr: g.lr,
                 seed: g.seed,
-                fingerprint: fingerprint(&recipe, model, c, g),
+                fingerprint: fingerprint(recipe, model, c, g),
                 dir: recipe.output_dir.join(&g.name),
                 bad: &bad,
                 dropped: &dropped,

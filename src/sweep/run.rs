@@ -154,7 +154,7 @@ pub(crate) fn judge(select_on: &[String], heldout: Option<&HeldoutResult>, sets:
             let loss = chosen.iter().map(|r| r.loss * r.tokens as f64).sum::<f64>() / tokens as f64;
             let mut languages = std::collections::BTreeMap::new();
             for r in &chosen {
-                languages.extend(r.languages.iter().map(|(l, x)| (l.clone(), x.clone())));
+                languages.extend(r.languages.iter().map(|(l, x)| (l.clone(), *x)));
             }
             Some(HeldoutResult { loss, perplexity: loss.exp(), tokens, examples: chosen.iter().map(|r| r.examples).sum(), languages })
         }
