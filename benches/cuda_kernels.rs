@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     use candle_core::{DType, Tensor};
     use std::time::Instant;
     use trainer::config::Activation;
-    use trainer::ops::attention::{self, AttnMask};
+    use trainer::ops::attention::{self, AttnMask, AttnOpts};
     use trainer::ops::rope::{self, RopeTables};
     use trainer::ops::{activation, cross_entropy, rmsnorm};
 
@@ -45,13 +45,13 @@ fn main() -> anyhow::Result<()> {
     let v = rnd(&[b, h, t, d], 1.0)?;
     let dout = rnd(&[b, h, t, d], 1.0)?;
     let mask = AttnMask::new(&vec![vec![true; t]; b], None, &dev);
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = AttnOpts::scaled(1.0 / (d as f64).sqrt());
     let fwd_flops = 4.0 * (b * h * d) as f64 * (t * t) as f64 / 2.0;
     let shape = format!("B{b} H{h} T{t} D{d}");
-    let ms = time(&mut || Ok(drop(attention::forward(&q, &k, &v, &mask, scale)?)))?;
+    let ms = time(&mut || Ok(drop(attention::forward(&q, &k, &v, &mask, &scale)?)))?;
     report("attention fwd", shape.clone(), ms, ("tflops", fwd_flops / ms / 1e9));
-    let (o, lse) = attention::forward(&q, &k, &v, &mask, scale)?;
-    let ms_b = time(&mut || Ok(drop(attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, scale)?)))?;
+    let (o, lse) = attention::forward(&q, &k, &v, &mask, &scale)?;
+    let ms_b = time(&mut || Ok(drop(attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, &scale)?)))?;
     report("attention bwd", shape.clone(), ms_b, ("tflops", 2.5 * fwd_flops / ms_b / 1e9));
     report("attention fwd+bwd", shape, ms + ms_b, ("tflops", 3.5 * fwd_flops / (ms + ms_b) / 1e9));
 
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         let wh = rnd(&[vocab, hd], 0.02)?;
         let targets: Vec<Option<u32>> = (0..n).map(|i| Some(((i * 7919) % vocab) as u32)).collect();
         let flops = 3.0 * 2.0 * (n * vocab * hd) as f64; // head GEMM forward + the GEMM back to dh (+ the logits pass)
-        let ms = time(&mut || Ok(drop(cross_entropy::forward_backward(&hs, &wh, &targets, 1.0 / n as f64)?)))?;
+        let ms = time(&mut || Ok(drop(cross_entropy::forward_backward(&hs, &wh, &targets, 1.0 / n as f64, None)?)))?;
         report("lm head + cross-entropy fwd+bwd", format!("{n}x{hd} vocab {vocab}"), ms, ("gemm_tflops", flops * 2.0 / 3.0 / ms / 1e9));
     }
     Ok(())

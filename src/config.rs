@@ -12,6 +12,7 @@ use std::path::Path;
 pub enum Family {
     Llama,
     Gemma,
+    Gemma2,
     Qwen2,
 }
 
@@ -20,6 +21,7 @@ impl Family {
         match self {
             Family::Llama => "llama",
             Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
             Family::Qwen2 => "qwen2",
         }
     }
@@ -64,6 +66,17 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The longest sequence the model was trained for (`max_position_embeddings`), if stated.
     pub max_position_embeddings: Option<usize>,
+    /// The attention score scale: 1/sqrt(head_dim), or Gemma-2's 1/sqrt(query_pre_attn_scalar).
+    pub attn_scale: f64,
+    /// Gemma-2's `attn_logit_softcapping`: scores become cap·tanh(scores/cap) before the mask and softmax.
+    pub attn_softcap: Option<f64>,
+    /// Gemma-2's `final_logit_softcapping`: logits become cap·tanh(logits/cap).
+    pub final_softcap: Option<f64>,
+    /// Per layer, the sliding attention window (a query sees itself and the window − 1 keys before it), or
+    /// `None` for global attention.
+    pub layer_windows: Vec<Option<usize>>,
+    /// Gemma-2's extra RMSNorms on the attention and MLP outputs before their residual adds.
+    pub sandwich_norms: bool,
 }
 
 /// A token id field (one id or a list); an id that does not fit in u32 is an error, not a wrapped id.
@@ -98,10 +111,11 @@ impl ModelConfig {
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "llama" => Family::Llama,
             "GemmaForCausalLM" | "gemma" => Family::Gemma,
+            "Gemma2ForCausalLM" | "gemma2" => Family::Gemma2,
             "Qwen2ForCausalLM" | "qwen2" => Family::Qwen2,
             other => bail!(
                 "unsupported architecture `{other}`: supported are LlamaForCausalLM, GemmaForCausalLM, \
-                 Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM)"
+                 Gemma2ForCausalLM, Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM)"
             ),
         };
         let usize_field = |key: &str| -> Result<usize> {
@@ -161,7 +175,7 @@ impl ModelConfig {
         let act_name = match family {
             // transformers uses `hidden_activation` for Gemma and falls back to tanh-GELU when it is absent,
             // whatever `hidden_act` says (gemma-2b ships `hidden_act: "gelu"`).
-            Family::Gemma => obj
+            Family::Gemma | Family::Gemma2 => obj
                 .get("hidden_activation")
                 .and_then(|v| v.as_str())
                 .unwrap_or("gelu_pytorch_tanh")
@@ -181,18 +195,24 @@ impl ModelConfig {
             _ => (attention_bias, attention_bias),
         };
         let mlp_bias = family == Family::Llama && bool_field("mlp_bias", false)?;
-        let tie_default = family == Family::Gemma;
+        let gemma_like = matches!(family, Family::Gemma | Family::Gemma2);
+        let tie_default = gemma_like;
         let checkpoint_dtype = obj
             .get("dtype")
             .or_else(|| obj.get("torch_dtype"))
             .and_then(|v| v.as_str())
             .map(str::to_string);
 
+        let num_layers = usize_field("num_hidden_layers")?;
+        let gemma2 = Gemma2Fields::read(obj, family, num_layers, head_dim)?;
+        let (attn_scale, attn_softcap, final_softcap, layer_windows) =
+            (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap, gemma2.layer_windows);
+
         Ok(Self {
             family,
             architecture,
             hidden_size,
-            num_layers: usize_field("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -202,8 +222,8 @@ impl ModelConfig {
             rope_theta,
             tie_word_embeddings: bool_field("tie_word_embeddings", tie_default)?,
             activation,
-            norm_weight_offset: if family == Family::Gemma { 1.0 } else { 0.0 },
-            embedding_scale: (family == Family::Gemma).then(|| (hidden_size as f64).sqrt()),
+            norm_weight_offset: if gemma_like { 1.0 } else { 0.0 },
+            embedding_scale: gemma_like.then(|| (hidden_size as f64).sqrt()),
             qkv_bias,
             o_bias,
             mlp_bias,
@@ -212,6 +232,11 @@ impl ModelConfig {
             eos_token_ids: token_ids(obj, "eos_token_id")?,
             pad_token_id: token_ids(obj, "pad_token_id")?.first().copied(),
             max_position_embeddings: opt_usize("max_position_embeddings"),
+            attn_scale,
+            attn_softcap,
+            final_softcap,
+            layer_windows,
+            sandwich_norms: family == Family::Gemma2,
         })
     }
 
@@ -221,6 +246,75 @@ impl ModelConfig {
 
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// Layer `li`'s sliding window, `None` for global attention.
+    pub fn layer_window(&self, li: usize) -> Option<usize> {
+        self.layer_windows.get(li).copied().flatten()
+    }
+}
+
+/// What Gemma-2 adds to the config; other families get plain attention (1/sqrt(head_dim), no caps, no windows).
+struct Gemma2Fields {
+    attn_scale: f64,
+    attn_softcap: Option<f64>,
+    final_softcap: Option<f64>,
+    layer_windows: Vec<Option<usize>>,
+}
+
+impl Gemma2Fields {
+    fn read(obj: &serde_json::Map<String, Value>, family: Family, num_layers: usize, head_dim: usize) -> Result<Self> {
+        let plain = Self { attn_scale: 1.0 / (head_dim as f64).sqrt(), attn_softcap: None, final_softcap: None, layer_windows: vec![None; num_layers] };
+        if family != Family::Gemma2 {
+            return Ok(plain);
+        }
+        // A present number is used, null switches the feature off, absence takes transformers' default.
+        let positive = |key: &str, default: Option<f64>| -> Result<Option<f64>> {
+            match obj.get(key) {
+                None => Ok(default),
+                Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x > 0.0 => Ok(Some(x)),
+                    _ => bail!("field `{key}` must be a positive number or null"),
+                },
+            }
+        };
+        let scalar = positive("query_pre_attn_scalar", Some(256.0))?.context("field `query_pre_attn_scalar` must not be null")?;
+        let window = match obj.get("sliding_window") {
+            None => Some(4096),
+            Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(w) if w > 0 => Some(w as usize),
+                _ => bail!("field `sliding_window` must be a positive integer or null"),
+            },
+        };
+        // transformers' Gemma2Config: without `layer_types`, even layers (0, 2, ..) slide and odd ones are global.
+        let types: Vec<String> = match obj.get("layer_types") {
+            None | Some(Value::Null) => (0..num_layers).map(|i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" }.to_string()).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|t| t.as_str().map(str::to_string).context("field `layer_types` must be a list of strings"))
+                .collect::<Result<_>>()?,
+            Some(_) => bail!("field `layer_types` must be a list of strings"),
+        };
+        if types.len() != num_layers {
+            bail!("field `layer_types` has {} entries for num_hidden_layers = {num_layers}", types.len());
+        }
+        let layer_windows = types
+            .iter()
+            .map(|t| match t.as_str() {
+                "full_attention" => Ok(None),
+                // A window of None (sliding_window null) makes a sliding layer global, as transformers' mask does.
+                "sliding_attention" => Ok(window),
+                other => bail!("`layer_types` entry `{other}` is not supported (full_attention, sliding_attention)"),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            attn_scale: 1.0 / scalar.sqrt(),
+            attn_softcap: positive("attn_logit_softcapping", Some(50.0))?,
+            final_softcap: positive("final_logit_softcapping", Some(30.0))?,
+            layer_windows,
+        })
     }
 }
 

@@ -60,6 +60,8 @@ pub fn random_model(config: serde_json::Value, seed: u64) -> Model {
         .map(|_| LayerWeights {
             input_norm: norm(next(&[h], 0.1)),
             post_norm: norm(next(&[h], 0.1)),
+            attn_out_norm: cfg.sandwich_norms.then(|| norm(next(&[h], 0.1))),
+            mlp_out_norm: cfg.sandwich_norms.then(|| norm(next(&[h], 0.1))),
             proj: ALL_TARGETS.map(|t| {
                 let (i, o) = t.dims(&cfg);
                 let bias = match t {
@@ -117,6 +119,16 @@ pub fn gemma_config() -> serde_json::Value {
     serde_json::json!({"architectures":["GemmaForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
         "num_key_value_heads":1,"head_dim":16,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,
         "rope_parameters":{"rope_type":"default","rope_theta":10000.0}})
+}
+
+/// Gemma-2 with both caps low enough to bind on random weights (scores and logits reach several units), a
+/// window of 3 on layer 0 (shorter than every random example) and global attention on layer 1.
+pub fn gemma2_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["Gemma2ForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"head_dim":16,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,
+        "rope_parameters":{"rope_type":"default","rope_theta":10000.0},"query_pre_attn_scalar":8,
+        "attn_logit_softcapping":2.0,"final_logit_softcapping":3.0,"sliding_window":3,
+        "layer_types":["sliding_attention","full_attention"]})
 }
 
 pub fn qwen_config() -> serde_json::Value {

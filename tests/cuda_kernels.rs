@@ -16,7 +16,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::randn;
 use trainer::config::Activation;
-use trainer::ops::attention::AttnMask;
+use trainer::ops::attention::{AttnMask, AttnOpts};
 use trainer::ops::dropout::DropoutKey;
 use trainer::ops::rope::RopeTables;
 use trainer::ops::{activation, attention, cross_entropy, dropout, rmsnorm, rope};
@@ -154,11 +154,11 @@ fn cross_entropy_kernel_matches_reference() {
             poison(&dev);
             let h = rounded(&randn(30, &[n, hidden], 1.0), dt);
             let w = rounded(&randn(31, &[vocab, hidden], 0.2), dt);
-            let (loss0, dh0) = cross_entropy::forward_backward(&h, &w, &targets, 0.01).unwrap();
-            let (loss, dh) = cross_entropy::forward_backward(&on(&h, &dev, dt), &on(&w, &dev, dt), &targets, 0.01).unwrap();
+            let (loss0, dh0) = cross_entropy::forward_backward(&h, &w, &targets, 0.01, None).unwrap();
+            let (loss, dh) = cross_entropy::forward_backward(&on(&h, &dev, dt), &on(&w, &dev, dt), &targets, 0.01, None).unwrap();
             let tol = if dt == DType::F32 { F32_TOL } else { BF16_TOL };
             assert!((loss - loss0).abs() <= tol * loss0.abs(), "{dt:?} loss {loss} vs {loss0}");
-            let fwd = cross_entropy::forward(&on(&h, &dev, dt), &on(&w, &dev, dt), &targets).unwrap();
+            let fwd = cross_entropy::forward(&on(&h, &dev, dt), &on(&w, &dev, dt), &targets, None).unwrap();
             assert!((fwd - loss0).abs() <= tol * loss0.abs(), "{dt:?} forward-only loss {fwd} vs {loss0}");
             check("cross-entropy dh", dt, &dh, &dh0);
         }
@@ -202,6 +202,7 @@ fn attention_kernels_match_reference() {
     for (b, hq, hkv, t, d, packed) in cases {
         let (valid, segs) = masks(b, t, packed);
         let scale = 1.0 / (d as f64).sqrt();
+        let opts = AttnOpts::scaled(scale);
         let cpu_mask = AttnMask::new(&valid, segs.as_deref(), &Device::Cpu);
         let gpu_mask = AttnMask::new(&valid, segs.as_deref(), &dev);
         let (gvalid, gseg) = gpu_mask.tokens().unwrap();
@@ -210,8 +211,8 @@ fn attention_kernels_match_reference() {
             let k = rounded(&randn(51, &[b, hkv, t, d], 1.0), dt);
             let v = rounded(&randn(52, &[b, hkv, t, d], 1.0), dt);
             let dout = rounded(&randn(53, &[b, hq, t, d], 1.0), dt);
-            let (o0, lse0) = attention::forward_reference(&q, &k, &v, &cpu_mask, scale).unwrap();
-            let (dq0, dk0, dv0) = attention::backward_reference(&dout, &q, &k, &v, &o0, &lse0, &cpu_mask, scale).unwrap();
+            let (o0, lse0) = attention::forward_reference(&q, &k, &v, &cpu_mask, &opts).unwrap();
+            let (dq0, dk0, dv0) = attention::backward_reference(&dout, &q, &k, &v, &o0, &lse0, &cpu_mask, &opts).unwrap();
             let (gq, gk, gv, gdo) = (on(&q, &dev, dt), on(&k, &dev, dt), on(&v, &dev, dt), on(&dout, &dev, dt));
             // The backward is fed the reference forward's output, so that it is checked on its own.
             let (go, glse) = (on(&o0, &dev, dt), lse0.to_device(&dev).unwrap());
@@ -237,8 +238,20 @@ fn attention_kernels_match_reference() {
                 check(&format!("{what} dv"), dt, &dv, &dv0);
             }
             // The op's own dispatch serves the same function.
-            let (o, _) = attention::forward(&gq, &gk, &gv, &gpu_mask, scale).unwrap();
+            let (o, _) = attention::forward(&gq, &gk, &gv, &gpu_mask, &opts).unwrap();
             check("attention::forward dispatch", dt, &o, &o0);
+            // Soft-capped and sliding-window layers (Gemma-2) fall back to the Candle ops on the GPU: the same
+            // function as the CPU reference.
+            for gemma2 in [AttnOpts { softcap: Some(2.0), ..opts }, AttnOpts { window: Some(t / 3 + 1), ..opts }] {
+                let (r0, rlse0) = attention::forward_reference(&q, &k, &v, &cpu_mask, &gemma2).unwrap();
+                let (rdq0, rdk0, rdv0) = attention::backward_reference(&dout, &q, &k, &v, &r0, &rlse0, &cpu_mask, &gemma2).unwrap();
+                let (o, lse) = attention::forward(&gq, &gk, &gv, &gpu_mask, &gemma2).unwrap();
+                check(&format!("fallback {gemma2:?} o"), dt, &o, &r0);
+                let (dq, dk, dv) = attention::backward(&gdo, &gq, &gk, &gv, &on(&r0, &dev, dt), &rlse0.to_device(&dev).unwrap().to_dtype(lse.dtype()).unwrap(), &gpu_mask, &gemma2).unwrap();
+                check(&format!("fallback {gemma2:?} dq"), dt, &dq, &rdq0);
+                check(&format!("fallback {gemma2:?} dk"), dt, &dk, &rdk0);
+                check(&format!("fallback {gemma2:?} dv"), dt, &dv, &rdv0);
+            }
         }
     }
 }
@@ -254,11 +267,11 @@ fn attention_kernels_on_a_single_token() {
         let k = on(&randn(61, &[2, 2, 1, 128], 1.0), &dev, dt);
         let v = on(&randn(62, &[2, 2, 1, 128], 1.0), &dev, dt);
         let dout = on(&randn(63, &[2, 4, 1, 128], 1.0), &dev, dt);
-        let (o, lse) = attention::forward(&q, &k, &v, &mask, 0.1).unwrap();
+        let (o, lse) = attention::forward(&q, &k, &v, &mask, &AttnOpts::scaled(0.1)).unwrap();
         let o_f = o.to_dtype(DType::F32).unwrap().reshape((2, 2, 2, 128)).unwrap();
         let v_f = v.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap().broadcast_as((2, 2, 2, 1, 128)).unwrap().reshape((2, 2, 2, 128)).unwrap();
         common::assert_close("o = v", &o_f.to_device(&Device::Cpu).unwrap(), &v_f.to_device(&Device::Cpu).unwrap(), 0.0, 0.0);
-        let (dq, _, dv) = attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, 0.1).unwrap();
+        let (dq, _, dv) = attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, &AttnOpts::scaled(0.1)).unwrap();
         let dq_max = dq.to_dtype(DType::F32).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(dq_max <= 1e-5, "{dt:?}: dq should vanish, max |dq| {dq_max}");
         let dv_want = dout.to_dtype(DType::F32).unwrap().reshape((2, 2, 2, 128)).unwrap().sum(2).unwrap();

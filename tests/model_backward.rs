@@ -44,7 +44,7 @@ fn autograd_grads(model: &Model, adapter: &Adapter, examples: &[trainer::data::b
 
 #[test]
 fn explicit_backward_matches_autograd_for_every_family() {
-    for (name, config) in [("llama", llama_config()), ("gemma", gemma_config()), ("qwen2", qwen_config())] {
+    for (name, config) in [("llama", llama_config()), ("gemma", gemma_config()), ("gemma2", gemma2_config()), ("qwen2", qwen_config())] {
         let model = random_model(config, 1);
         let adapter = random_adapter(&model, &ALL_TARGETS, 4, 5);
         let examples = random_examples(3, 40, 9);

@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use common::{assert_close, randn};
 use trainer::config::Activation;
 use trainer::ops::linear::{Frozen, LoraApply, LoraFactors};
-use trainer::ops::{activation, attention, cross_entropy, linear, rmsnorm, rope};
-use trainer::ops::attention::AttnMask;
+use trainer::ops::{activation, attention, cross_entropy, linear, rmsnorm, rope, softcap};
+use trainer::ops::attention::{AttnMask, AttnOpts};
 
 const REL: f32 = 1e-4;
 const ABS: f32 = 1e-6;
@@ -142,35 +142,69 @@ fn dropout_masks_are_keyed_and_scaled() {
     assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.7).abs() < 1e-6));
 }
 
-/// Attention written the plain way: repeat KV heads by concatenation, softmax over masked scores.
-fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+/// Attention written the plain way: repeat KV heads by concatenation, softmax over masked (and, with a cap,
+/// `cap·tanh(s/cap)`-capped) scores.
+fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, softcap: Option<f64>) -> Tensor {
     let n_rep = q.dim(1).unwrap() / k.dim(1).unwrap();
     let rep = |t: &Tensor| {
         let heads: Vec<Tensor> = (0..t.dim(1).unwrap()).flat_map(|h| std::iter::repeat_n(t.narrow(1, h, 1).unwrap(), n_rep)).collect();
         Tensor::cat(&heads, 1).unwrap()
     };
-    let s = (q.matmul(&rep(k).t().unwrap()).unwrap() * scale).unwrap().broadcast_add(mask).unwrap();
-    candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&rep(v)).unwrap()
+    let s = (q.matmul(&rep(k).t().unwrap()).unwrap() * scale).unwrap();
+    let s = match softcap {
+        Some(cap) => ((s / cap).unwrap().tanh().unwrap() * cap).unwrap(),
+        None => s,
+    };
+    candle_nn::ops::softmax(&s.broadcast_add(mask).unwrap(), D::Minus1).unwrap().matmul(&rep(v)).unwrap()
 }
 
-type AttnFwd = fn(&Tensor, &Tensor, &Tensor, &AttnMask, f64) -> candle_core::Result<(Tensor, Tensor)>;
-type AttnBwd = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &AttnMask, f64) -> candle_core::Result<(Tensor, Tensor, Tensor)>;
+/// transformers' masks written out independently: key `j` visible to query `i` iff `j ≤ i`, the key is real and,
+/// with a window, `j > i − window` (masking_utils' `sliding_window_overlay`).
+fn mask_ref(valid: &[Vec<bool>], window: Option<usize>) -> Tensor {
+    let t = valid[0].len();
+    let mut m = Vec::new();
+    for row in valid {
+        for i in 0..t as i64 {
+            for j in 0..t as i64 {
+                let visible = j <= i && row[j as usize] && window.is_none_or(|w| j > i - w as i64);
+                m.push(if visible { 0f32 } else { f32::MIN });
+            }
+        }
+    }
+    Tensor::from_vec(m, (valid.len(), 1, t, t), &Device::Cpu).unwrap()
+}
+
+type AttnFwd = fn(&Tensor, &Tensor, &Tensor, &AttnMask, &AttnOpts) -> candle_core::Result<(Tensor, Tensor)>;
+type AttnBwd = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &Tensor, &AttnMask, &AttnOpts) -> candle_core::Result<(Tensor, Tensor, Tensor)>;
 
 #[test]
-fn attention_backward_matches_autograd_with_gqa_and_padding() {
+fn attention_backward_matches_autograd_with_gqa_padding_softcap_and_window() {
     // Sequence 0 is full length, sequence 1 has 2 padding positions; 4 query heads share 2 KV heads.
     let valid = vec![vec![true; 6], vec![true, true, true, true, false, false]];
     let mask = AttnMask::new(&valid, None, &Device::Cpu);
-    for (hq, hkv) in [(4, 2), (4, 1), (2, 2)] {
+    let scale = 1.0 / 8f64.sqrt();
+    // Gemma-2's pieces alone and together: a cap of 1 binds hard on scores of a few units; window 3 < 6 tokens.
+    let variants = [
+        AttnOpts::scaled(scale),
+        AttnOpts { softcap: Some(1.0), ..AttnOpts::scaled(scale) },
+        AttnOpts { window: Some(3), ..AttnOpts::scaled(scale) },
+        AttnOpts { softcap: Some(1.0), window: Some(2), scale: 0.7 },
+    ];
+    for ((hq, hkv), opts) in [(4, 2), (4, 1), (2, 2)].into_iter().flat_map(|h| variants.iter().map(move |o| (h, o))) {
         let (qv, kv, vv) = (
             Var::from_tensor(&randn(20, &[2, hq, 6, 8], 1.0)).unwrap(),
             Var::from_tensor(&randn(21, &[2, hkv, 6, 8], 1.0)).unwrap(),
             Var::from_tensor(&randn(22, &[2, hkv, 6, 8], 1.0)).unwrap(),
         );
         let (q, k, v) = (&qv, &kv, &vv);
-        let r = randn(23, &[2, hq, 6, 8], 1.0);
-        let scale = 1.0 / 8f64.sqrt();
-        let o_ref = attention_ref(q.as_tensor(), k.as_tensor(), v.as_tensor(), mask.dense().unwrap(), scale);
+        let dense = mask_ref(&valid, opts.window);
+        // A query that sees no key at all (a padding query whose window holds only padding) gets transformers'
+        // uniform row forward, but its lse cannot carry that into the backward (f32::MIN + ln n rounds to
+        // f32::MIN). No loss ever reads such a row — in the model its upstream gradient is exactly zero — so it
+        // gets a zero one here too; every other row keeps a random one.
+        let sees_a_key = dense.max_keepdim(D::Minus1).unwrap().ge(0f32).unwrap().to_dtype(DType::F32).unwrap();
+        let r = randn(23, &[2, hq, 6, 8], 1.0).broadcast_mul(&sees_a_key).unwrap();
+        let o_ref = attention_ref(q.as_tensor(), k.as_tensor(), v.as_tensor(), &dense, opts.scale, opts.softcap);
         let grads = weighted_sum(&o_ref, &r).backward().unwrap();
         // Both the fused CPU kernels and the Candle-op reference path.
         for (path, fwd, bwd) in [
@@ -179,12 +213,13 @@ fn attention_backward_matches_autograd_with_gqa_and_padding() {
         ] {
             // Detached inputs: tracked ones would route the fused entry points to the reference path.
             let (q, k, v) = (q.as_tensor().detach(), k.as_tensor().detach(), v.as_tensor().detach());
-            let (o, lse) = fwd(&q, &k, &v, &mask, scale).unwrap();
-            assert_close(&format!("{path} attention forward"), &o, &o_ref, REL, ABS);
-            let (dq, dk, dv) = bwd(&r, &q, &k, &v, &o, &lse, &mask, scale).unwrap();
-            assert_close(&format!("{path} attention dq"), &dq, grads.get(&qv).unwrap(), REL, ABS);
-            assert_close(&format!("{path} attention dk"), &dk, grads.get(&kv).unwrap(), REL, ABS);
-            assert_close(&format!("{path} attention dv"), &dv, grads.get(&vv).unwrap(), REL, ABS);
+            let (o, lse) = fwd(&q, &k, &v, &mask, opts).unwrap();
+            let what = format!("{path} attention {opts:?} heads {hq}/{hkv}");
+            assert_close(&format!("{what} forward"), &o, &o_ref, REL, ABS);
+            let (dq, dk, dv) = bwd(&r, &q, &k, &v, &o, &lse, &mask, opts).unwrap();
+            assert_close(&format!("{what} dq"), &dq, grads.get(&qv).unwrap(), REL, ABS);
+            assert_close(&format!("{what} dk"), &dk, grads.get(&kv).unwrap(), REL, ABS);
+            assert_close(&format!("{what} dv"), &dv, grads.get(&vv).unwrap(), REL, ABS);
         }
     }
 }
@@ -196,25 +231,65 @@ fn attention_is_causal_and_ignores_padding_keys() {
     let q = randn(30, &[1, 1, 4, 8], 1.0);
     let k = randn(31, &[1, 1, 4, 8], 1.0);
     let v = randn(32, &[1, 1, 4, 8], 1.0);
-    let (o, _) = attention::forward(&q, &k, &v, &mask, 0.3).unwrap();
+    let opts = AttnOpts::scaled(0.3);
+    let (o, _) = attention::forward(&q, &k, &v, &mask, &opts).unwrap();
     // Changing a later or a padding key/value must not change earlier outputs.
     let v2 = v.slice_assign(&[0..1, 0..1, 3..4, 0..8], &randn(33, &[1, 1, 1, 8], 5.0)).unwrap();
-    let (o2, _) = attention::forward(&q, &k, &v2, &mask, 0.3).unwrap();
+    let (o2, _) = attention::forward(&q, &k, &v2, &mask, &opts).unwrap();
     assert_close("padding key invisible", &o2, &o, 0.0, 0.0);
     let v3 = v.slice_assign(&[0..1, 0..1, 2..3, 0..8], &randn(34, &[1, 1, 1, 8], 5.0)).unwrap();
-    let (o3, _) = attention::forward(&q, &k, &v3, &mask, 0.3).unwrap();
+    let (o3, _) = attention::forward(&q, &k, &v3, &mask, &opts).unwrap();
     assert_close("future key invisible", &o3.narrow(2, 0, 2).unwrap(), &o.narrow(2, 0, 2).unwrap(), 0.0, 0.0);
     assert!(common::max_diff(&o3.narrow(2, 2, 1).unwrap(), &o.narrow(2, 2, 1).unwrap()).0 > 0.0);
 }
 
 #[test]
+fn sliding_window_sees_exactly_the_last_window_keys() {
+    // Window 2: query 3 sees keys 2 and 3 (itself and one before), as transformers' `kv_idx > q_idx − window`.
+    let valid = vec![vec![true; 5]];
+    let mask = AttnMask::new(&valid, None, &Device::Cpu);
+    let opts = AttnOpts { window: Some(2), ..AttnOpts::scaled(0.3) };
+    let (q, k, v) = (randn(35, &[1, 1, 5, 8], 1.0), randn(36, &[1, 1, 5, 8], 1.0), randn(37, &[1, 1, 5, 8], 1.0));
+    let (o, _) = attention::forward(&q, &k, &v, &mask, &opts).unwrap();
+    let row = |o: &Tensor| o.narrow(2, 3, 1).unwrap();
+    for (key, seen) in [(0, false), (1, false), (2, true), (3, true)] {
+        let v2 = v.slice_assign(&[0..1, 0..1, key..key + 1, 0..8], &randn(38, &[1, 1, 1, 8], 5.0)).unwrap();
+        let (o2, _) = attention::forward(&q, &k, &v2, &mask, &opts).unwrap();
+        assert_eq!(common::max_diff(&row(&o2), &row(&o)).0 > 0.0, seen, "key {key} seen by query 3 with window 2");
+    }
+}
+
+#[test]
+fn softcap_backward_matches_autograd() {
+    let x = Var::from_tensor(&randn(45, &[4, 7], 3.0)).unwrap();
+    let r = randn(46, &[4, 7], 1.0);
+    let y_ref = (x.as_tensor().affine(1.0 / 2.5, 0.0).unwrap().tanh().unwrap() * 2.5).unwrap();
+    let grads = weighted_sum(&y_ref, &r).backward().unwrap();
+    let y = softcap::forward(&x.as_tensor().detach(), 2.5).unwrap();
+    assert_close("softcap forward", &y, &y_ref, REL, ABS);
+    assert!(y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() < 2.5, "the cap bounds the output");
+    assert_close("softcap dx", &softcap::backward(&r, &y, 2.5).unwrap(), grads.get(&x).unwrap(), REL, ABS);
+}
+
+#[test]
 fn cross_entropy_backward_matches_autograd() {
+    for cap in [None, Some(2.0)] {
+        cross_entropy_case(cap);
+    }
+}
+
+fn cross_entropy_case(cap: Option<f64>) {
     let h = Var::from_tensor(&randn(40, &[9, 16], 1.0)).unwrap();
     let w = randn(41, &[11, 16], 0.5);
     let targets: Vec<Option<u32>> = vec![Some(3), None, Some(0), Some(10), None, Some(5), Some(5), Some(1), None];
     let scale = 1.0 / 6.0;
-    // Composite reference: −Σ log_softmax(h Wᵀ)[target] over scored rows, times scale.
-    let logp = candle_nn::ops::log_softmax(&h.as_tensor().matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
+    // Composite reference: −Σ log_softmax(cap(h Wᵀ))[target] over scored rows, times scale.
+    let logits = h.as_tensor().matmul(&w.t().unwrap()).unwrap();
+    let logits = match cap {
+        Some(c) => ((logits / c).unwrap().tanh().unwrap() * c).unwrap(),
+        None => logits,
+    };
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
     let mut terms = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         if let Some(t) = t {
@@ -223,9 +298,9 @@ fn cross_entropy_backward_matches_autograd() {
     }
     let nll_ref = Tensor::stack(&terms, 0).unwrap().sum_all().unwrap().neg().unwrap();
     let grads = (&nll_ref * scale).unwrap().backward().unwrap();
-    let (nll, dh) = cross_entropy::forward_backward(h.as_tensor(), &w, &targets, scale).unwrap();
+    let (nll, dh) = cross_entropy::forward_backward(&h.as_tensor().detach(), &w, &targets, scale, cap).unwrap();
     let want = nll_ref.to_scalar::<f32>().unwrap() as f64;
-    assert!((nll - want).abs() <= 1e-5 * want.abs(), "nll {nll} vs {want}");
-    assert!((cross_entropy::forward(h.as_tensor(), &w, &targets).unwrap() - want).abs() <= 1e-5 * want.abs());
-    assert_close("cross-entropy dh", &dh, grads.get(&h).unwrap(), REL, ABS);
+    assert!((nll - want).abs() <= 1e-5 * want.abs(), "cap {cap:?}: nll {nll} vs {want}");
+    assert!((cross_entropy::forward(h.as_tensor(), &w, &targets, cap).unwrap() - want).abs() <= 1e-5 * want.abs());
+    assert_close(&format!("cross-entropy dh, cap {cap:?}"), &dh, grads.get(&h).unwrap(), REL, ABS);
 }

@@ -6,7 +6,7 @@ use super::Model;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::LoraSaved;
 use crate::ops::rope::{self, RopeTables};
-use crate::ops::{activation, rmsnorm};
+use crate::ops::{activation, rmsnorm, softcap};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
 
@@ -16,6 +16,8 @@ pub struct KvCache {
     v: Vec<Option<Tensor>>,
     /// `[B][T]`: false for left padding.
     key_valid: Vec<Vec<bool>>,
+    /// `[B][T]`: each cached key's position (0 for padding), which sliding windows count in.
+    key_pos: Vec<Vec<u32>>,
     /// The position the next token of each row takes.
     next_pos: Vec<u32>,
 }
@@ -23,7 +25,7 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(model: &Model, batch: usize) -> Self {
         let n = model.layers.len();
-        Self { k: vec![None; n], v: vec![None; n], key_valid: vec![Vec::new(); batch], next_pos: vec![0; batch] }
+        Self { k: vec![None; n], v: vec![None; n], key_valid: vec![Vec::new(); batch], key_pos: vec![Vec::new(); batch], next_pos: vec![0; batch] }
     }
 
     pub fn len(&self) -> usize {
@@ -52,34 +54,44 @@ impl Model {
                     cache.next_pos[row] += 1;
                 }
             }
+            cache.key_pos[row].extend(&p);
             positions.push(p);
             cache.key_valid[row].extend(v);
         }
         let cfg = &self.cfg;
         let rope = RopeTables::new(&positions, cfg.head_dim, cfg.rope_theta, self.dtype, &self.device)?;
-        let mask = self.decode_mask(&cache.key_valid, t)?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         let mut x = self.embed_rows(ids)?;
         for li in 0..self.layers.len() {
-            x = self.decode_layer(li, &x, &rope, &mask, cache, adapter)?;
+            let window = cfg.layer_window(li);
+            if !masks.iter().any(|(w, _)| *w == window) {
+                masks.push((window, self.decode_mask(cache, t, window)?));
+            }
+            let mask = &masks.iter().find(|(w, _)| *w == window).expect("built above").1;
+            x = self.decode_layer(li, &x, &rope, mask, cache, adapter)?;
         }
         let last = x.narrow(1, t - 1, 1)?;
         let (h, _) = self.final_hidden(&last)?;
-        Ok(crate::ops::gemm::matmul(&h, &self.head().t()?)?.to_dtype(DType::F32)?)
+        self.head_logits(&h)
     }
 
     /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, and no
     /// padding — except that every query sees its own key, so padding rows stay finite (a fully masked row
-    /// would turn into NaN and reach real rows through 0 × NaN).
-    fn decode_mask(&self, key_valid: &[Vec<bool>], t: usize) -> Result<Tensor> {
-        let total = key_valid.first().map_or(0, Vec::len);
+    /// would turn into NaN and reach real rows through 0 × NaN). A sliding window counts positions, not cache
+    /// slots, so left padding does not shrink it: each row sees what it would alone, as transformers' unpadded
+    /// generation does.
+    fn decode_mask(&self, cache: &KvCache, t: usize, window: Option<usize>) -> Result<Tensor> {
+        let total = cache.len();
         let past = total - t;
-        let mut m = Vec::with_capacity(key_valid.len() * t * total);
-        for row in key_valid {
+        let mut m = Vec::with_capacity(cache.key_valid.len() * t * total);
+        for (row, pos) in cache.key_valid.iter().zip(&cache.key_pos) {
             for i in 0..t {
-                m.extend(row.iter().enumerate().map(|(j, &ok)| if (ok && j <= past + i) || j == past + i { 0f32 } else { f32::NEG_INFINITY }));
+                let q = past + i;
+                let in_window = |j: usize| window.is_none_or(|w| pos[q].saturating_sub(pos[j]) < w as u32);
+                m.extend(row.iter().enumerate().map(|(j, &ok)| if (ok && j <= q && in_window(j)) || j == q { 0f32 } else { f32::NEG_INFINITY }));
             }
         }
-        Ok(Tensor::from_vec(m, (key_valid.len(), 1, t, total), &self.device)?)
+        Ok(Tensor::from_vec(m, (cache.key_valid.len(), 1, t, total), &self.device)?)
     }
 
     fn decode_layer(&self, li: usize, x: &Tensor, rope: &RopeTables, mask: &Tensor, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
@@ -105,19 +117,29 @@ impl Model {
         let group = cfg.num_heads / cfg.num_kv_heads;
         let total = k.dim(2)?;
         let qg = q.reshape((b, cfg.num_kv_heads, group * t, d))?.to_dtype(DType::F32)?;
-        let scores = (qg.matmul(&k.to_dtype(DType::F32)?.t()?)? * (1.0 / (d as f64).sqrt()))?.reshape((b, cfg.num_heads, t, total))?;
+        let scores = (qg.matmul(&k.to_dtype(DType::F32)?.t()?)? * cfg.attn_scale)?.reshape((b, cfg.num_heads, t, total))?;
+        let scores = softcap::maybe(scores, cfg.attn_softcap)?;
         let p = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
         let o = p.reshape((b, cfg.num_kv_heads, group * t, total))?.matmul(&v.to_dtype(DType::F32)?)?.reshape((b, cfg.num_heads, t, d))?;
         cache.k[li] = Some(k);
         cache.v[li] = Some(v);
         let o2 = o.to_dtype(self.dtype)?.transpose(1, 2)?.reshape((b * t, cfg.num_heads * d))?;
-        let attn_out = self.project(li, Target::O, &o2, adapter, None, &mut unused)?;
-        let (x1, n2, _) = rmsnorm::add_forward(x, &attn_out.reshape(x.shape())?, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let attn_out = self.project(li, Target::O, &o2, adapter, None, &mut unused)?.reshape(x.shape())?;
+        let attn_out = out_norm(attn_out, lw.attn_out_norm.as_ref(), cfg)?;
+        let (x1, n2, _) = rmsnorm::add_forward(x, &attn_out, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n2 = n2.flatten_to(1)?;
         let g = self.project(li, Target::Gate, &n2, adapter, None, &mut unused)?;
         let u = self.project(li, Target::Up, &n2, adapter, None, &mut unused)?;
         let h = activation::forward(&g, &u, cfg.activation)?;
-        let mlp_out = self.project(li, Target::Down, &h, adapter, None, &mut unused)?;
-        Ok(x1.add(&mlp_out.reshape(x.shape())?)?)
+        let mlp_out = self.project(li, Target::Down, &h, adapter, None, &mut unused)?.reshape(x.shape())?;
+        Ok(x1.add(&out_norm(mlp_out, lw.mlp_out_norm.as_ref(), cfg)?)?)
+    }
+}
+
+/// Gemma-2's norm of a branch output, where the family has one.
+fn out_norm(x: Tensor, w: Option<&Tensor>, cfg: &crate::config::ModelConfig) -> Result<Tensor> {
+    match w {
+        Some(w) => Ok(rmsnorm::forward(&x, w, cfg.norm_weight_offset, cfg.rms_norm_eps)?.0),
+        None => Ok(x),
     }
 }

@@ -4,6 +4,9 @@
 //! n1 = rmsnorm(x);  q,k,v = proj(n1);  q,k = rope(q,k);  o = attn(q,k,v);  x1 = x + o_proj(o)
 //! n2 = rmsnorm(x1); h = act(gate(n2)) ⊙ up(n2);  y = x1 + down(h)
 //! ```
+//!
+//! Gemma-2 also normalises each branch's output before its residual add (`x1 = x + rmsnorm(o_proj(o))`,
+//! `y = x1 + rmsnorm(down(h))`), soft-caps attention scores and slides a window on every other layer.
 
 use super::{Grads, Inputs, Model, StepCtx};
 use crate::lora::{Adapter, Target};
@@ -32,7 +35,28 @@ pub(crate) struct LayerCache {
     g: Tensor,
     u: Tensor,
     h: Tensor,
+    /// Input and rstd of the attention-output and MLP-output norms, where the family has them.
+    attn_out_norm: Option<(Tensor, Tensor)>,
+    mlp_out_norm: Option<(Tensor, Tensor)>,
     lora: [Option<LoraSaved>; 7],
+}
+
+/// `rmsnorm(x)` with `w` when there is such a norm, and what its backward needs; `x` itself otherwise.
+fn maybe_norm(x: Tensor, w: Option<&Tensor>, offset: f64, eps: f64) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    match w {
+        Some(w) => {
+            let (y, rstd) = rmsnorm::forward(&x, w, offset, eps)?;
+            Ok((y, Some((x, rstd))))
+        }
+        None => Ok((x, None)),
+    }
+}
+
+fn maybe_norm_backward(dy: Tensor, w: Option<&Tensor>, offset: f64, saved: &Option<(Tensor, Tensor)>) -> Result<Tensor> {
+    match (w, saved) {
+        (Some(w), Some((x, rstd))) => Ok(rmsnorm::backward(&dy, x, w, offset, rstd)?),
+        _ => Ok(dy),
+    }
 }
 
 impl Model {
@@ -77,18 +101,19 @@ impl Model {
         let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, &inp.rope, cfg.num_kv_heads)?;
         let v = self.project(li, Target::V, &n1, adapter, dropout, &mut lora)?;
         let v = v.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let (o, lse) = attention::forward(&q, &k, &v, &inp.mask, scale)?;
+        let (o, lse) = attention::forward(&q, &k, &v, &inp.mask, &self.attn_opts(li))?;
         let o2 = o.transpose(1, 2)?.reshape((b * t, cfg.num_heads * d))?;
-        let attn_out = self.project(li, Target::O, &o2, adapter, dropout, &mut lora)?;
-        let (x1, n2, rstd2) = rmsnorm::add_forward(x, &attn_out.reshape(x.shape())?, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let attn_out = self.project(li, Target::O, &o2, adapter, dropout, &mut lora)?.reshape(x.shape())?;
+        let (attn_out, attn_out_norm) = maybe_norm(attn_out, lw.attn_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let (x1, n2, rstd2) = rmsnorm::add_forward(x, &attn_out, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n2 = n2.flatten_to(1)?;
         let g = self.project(li, Target::Gate, &n2, adapter, dropout, &mut lora)?;
         let u = self.project(li, Target::Up, &n2, adapter, dropout, &mut lora)?;
         let h = activation::forward(&g, &u, cfg.activation)?;
-        let mlp_out = self.project(li, Target::Down, &h, adapter, dropout, &mut lora)?;
-        let y = x1.add(&mlp_out.reshape(x.shape())?)?;
-        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, g, u, h, lora };
+        let mlp_out = self.project(li, Target::Down, &h, adapter, dropout, &mut lora)?.reshape(x.shape())?;
+        let (mlp_out, mlp_out_norm) = maybe_norm(mlp_out, lw.mlp_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let y = x1.add(&mlp_out)?;
+        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, g, u, h, attn_out_norm, mlp_out_norm, lora };
         Ok((y, cache))
     }
 
@@ -117,7 +142,8 @@ impl Model {
         let cfg = &self.cfg;
         let lw = &self.layers[li];
         let (b, t, d) = (inp.b, inp.t, cfg.head_dim);
-        let dy2 = dy.flatten_to(1)?;
+        let off = cfg.norm_weight_offset;
+        let dy2 = maybe_norm_backward(dy.clone(), lw.mlp_out_norm.as_ref(), off, &c.mlp_out_norm)?.flatten_to(1)?;
         // MLP branch.
         let dh = self.project_backward(li, Target::Down, &dy2, c, adapter, grads)?;
         let (dg, du) = activation::backward(&dh, &c.g, &c.u, cfg.activation)?;
@@ -126,10 +152,10 @@ impl Model {
             .add(&self.project_backward(li, Target::Up, &du, c, adapter, grads)?)?;
         let dx1 = rmsnorm::backward_add(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2, dy)?;
         // Attention branch.
-        let do2 = self.project_backward(li, Target::O, &dx1.flatten_to(1)?, c, adapter, grads)?;
+        let dattn = maybe_norm_backward(dx1.clone(), lw.attn_out_norm.as_ref(), off, &c.attn_out_norm)?;
+        let do2 = self.project_backward(li, Target::O, &dattn.flatten_to(1)?, c, adapter, grads)?;
         let do_ = do2.reshape((b, t, cfg.num_heads, d))?.transpose(1, 2)?.contiguous()?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, scale)?;
+        let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, &self.attn_opts(li))?;
         let dq = rope::backward_rows(&dq, &inp.rope)?;
         let dk = rope::backward_rows(&dk, &inp.rope)?;
         let dv = dv.transpose(1, 2)?.reshape((b * t, ()))?;

@@ -21,7 +21,12 @@ use candle_core::{DType, Device, Tensor};
 
 pub struct LayerWeights {
     pub input_norm: Tensor,
+    /// The norm before the MLP (`post_attention_layernorm`; Gemma-2's `pre_feedforward_layernorm`).
     pub post_norm: Tensor,
+    /// Gemma-2's norms of the attention output (`post_attention_layernorm`) and of the MLP output
+    /// (`post_feedforward_layernorm`), applied before each residual add; `None` in other families.
+    pub attn_out_norm: Option<Tensor>,
+    pub mlp_out_norm: Option<Tensor>,
     /// Indexed by [`Target::index`].
     pub proj: [Frozen; 7],
 }
@@ -116,9 +121,17 @@ impl Model {
                 })
             });
             let [q, k, vv, o, g, u, d] = proj;
+            let norm = |name: &str| load(&format!("{p}.{name}.weight"), &[h]);
+            let (post_norm, attn_out_norm, mlp_out_norm) = if cfg.sandwich_norms {
+                (norm("pre_feedforward_layernorm")?, Some(norm("post_attention_layernorm")?), Some(norm("post_feedforward_layernorm")?))
+            } else {
+                (norm("post_attention_layernorm")?, None, None)
+            };
             layers.push(LayerWeights {
-                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                input_norm: norm("input_layernorm")?,
+                post_norm,
+                attn_out_norm,
+                mlp_out_norm,
                 proj: [q?, k?, vv?, o?, g?, u?, d?],
             });
         }
@@ -179,28 +192,38 @@ impl Model {
         Ok(self.final_hidden(&x)?.0)
     }
 
+    /// The f32 logits of final hidden rows `[N, H]` (soft-capped where the family caps them).
+    pub(crate) fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let logits = crate::ops::gemm::matmul(h, &self.head().t()?)?.to_dtype(DType::F32)?;
+        Ok(crate::ops::softcap::maybe(logits, self.cfg.final_softcap)?)
+    }
+
     /// Logits `[B, T, V]` (f32), for tests and small evaluations.
     pub fn logits(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
-        let h = self.hidden(batch, adapter)?;
-        let logits = crate::ops::gemm::matmul(&h, &self.head().t()?)?.to_dtype(DType::F32)?;
+        let logits = self.head_logits(&self.hidden(batch, adapter)?)?;
         Ok(logits.reshape((batch.size(), batch.seq_len(), self.cfg.vocab_size))?)
+    }
+
+    /// Layer `li`'s attention settings.
+    pub(crate) fn attn_opts(&self, li: usize) -> attention::AttnOpts {
+        attention::AttnOpts { scale: self.cfg.attn_scale, softcap: self.cfg.attn_softcap, window: self.cfg.layer_window(li) }
     }
 
     /// Each example's summed target NLL, `[B]` (no dropout): the negative log-likelihood of its target tokens.
     pub fn example_nll(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Vec<f64>> {
-        let rows = cross_entropy::row_nll(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?;
+        let rows = cross_entropy::row_nll(&self.hidden(batch, adapter)?, self.head(), &batch.targets, self.cfg.final_softcap)?;
         Ok(rows.chunks(batch.seq_len().max(1)).map(|r| r.iter().map(|&x| x as f64).sum()).collect())
     }
 
     /// Sum of target NLLs of the batch (no dropout, nothing kept for backward).
     pub fn loss_sum(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<f64> {
-        Ok(cross_entropy::forward(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)
+        Ok(cross_entropy::forward(&self.hidden(batch, adapter)?, self.head(), &batch.targets, self.cfg.final_softcap)?)
     }
 
     /// The NLL sum as a scalar tensor built only from differentiable Candle ops: with LoRA factors held in
     /// `Var`s, Candle's autograd over it is an independent oracle for [`Model::forward_backward`].
     pub fn loss_tensor(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
-        Ok(cross_entropy::nll_sum(&self.hidden(batch, adapter)?, self.head(), &batch.targets)?)
+        Ok(cross_entropy::nll_sum(&self.hidden(batch, adapter)?, self.head(), &batch.targets, self.cfg.final_softcap)?)
     }
 
     /// One micro-batch of training: forward, loss, explicit backward. Adds `loss_scale · d(Σ nll)/dθ` for every
@@ -221,7 +244,7 @@ impl Model {
             x = y;
         }
         let (hn, rstd) = self.final_hidden(&x)?;
-        let (loss, dhn) = cross_entropy::forward_backward(&hn, self.head(), &batch.targets, loss_scale)?;
+        let (loss, dhn) = cross_entropy::forward_backward(&hn, self.head(), &batch.targets, loss_scale, self.cfg.final_softcap)?;
         let dhn = dhn.reshape(x.shape())?;
         let mut dx = rmsnorm::backward(&dhn, &x, &self.final_norm, self.cfg.norm_weight_offset, &rstd)?;
         drop(x);

@@ -15,3 +15,4 @@ pub mod gemm;
 pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
+pub mod softcap;
