@@ -24,6 +24,25 @@ fn golden() -> Value {
     serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden/generation.json")).unwrap()).unwrap()
 }
 
+/// Fixtures of later families (`gen_fixtures.py gen-families`) keep their generation rows in their own golden
+/// file, so that adding one never rewrites generation.json.
+const FAMILY_MODELS: &[&str] = &["gemma2-swa"];
+
+/// `(name, {eos_token_id, rows})` of every fixture model with golden generations, and `max_new_tokens`.
+fn all_generations() -> Vec<(String, Value, usize)> {
+    let g = golden();
+    let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
+    let mut out: Vec<(String, Value, usize)> = g["models"].as_object().unwrap().iter().map(|(n, m)| (n.clone(), m.clone(), max_new)).collect();
+    for name in FAMILY_MODELS {
+        let path = trainer::testing::fixtures_dir().join(format!("golden/{name}.json"));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let gen = v["generation"].clone();
+        let max_new = gen["max_new_tokens"].as_u64().unwrap() as usize;
+        out.push((name.to_string(), gen, max_new));
+    }
+    out
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -34,10 +53,11 @@ fn greedy(max_new_tokens: usize) -> GenOptions {
 
 #[test]
 fn cached_decoding_gives_the_full_forward_logits() {
-    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded"] {
+    let all = all_generations();
+    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "gemma2-swa"] {
         let (s, adapter) = open(name);
-        let g = golden();
-        let rows: Vec<Vec<u32>> = g["models"][name]["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();
+        let m = &all.iter().find(|(n, ..)| n == name).unwrap().1;
+        let rows: Vec<Vec<u32>> = m["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();
         // Prefill the first 10 tokens of each row (left-padded to the same width), then one token at a time.
         let prefill = 10;
         let mut cache = KvCache::new(&s.model, rows.len());
@@ -65,10 +85,8 @@ fn cached_decoding_gives_the_full_forward_logits() {
 
 #[test]
 fn greedy_generation_matches_transformers_exactly() {
-    let g = golden();
-    let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
-    for (name, m) in g["models"].as_object().unwrap() {
-        let (s, adapter) = open(name);
+    for (name, m, max_new) in all_generations() {
+        let (s, adapter) = open(&name);
         let eos = m["eos_token_id"].as_u64().unwrap() as u32;
         let rows = m["rows"].as_array().unwrap();
         let prompts: Vec<Vec<u32>> = rows.iter().map(|r| ids(&r["prompt"])).collect();

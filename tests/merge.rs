@@ -14,7 +14,7 @@ use trainer::data::format::Format;
 use trainer::data::TrainOn;
 use trainer::session::Session;
 
-const MODELS: [&str; 4] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied"];
+const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa"];
 
 fn merge(model: &Path, adapter: &Path, out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))
@@ -40,7 +40,7 @@ fn tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 #[test]
 fn merged_checkpoints_give_peft_logits() {
     let root = trainer::testing::fixtures_dir();
-    for name in MODELS {
+    for &name in MODELS {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("merged");
         let (model, adapter) = (root.join("models").join(name), root.join("adapters").join(name));

@@ -19,7 +19,7 @@ use trainer::optim::{AdamWConfig, Schedule};
 use trainer::session::Session;
 use trainer::train::{train, TrainPlan};
 
-const MODELS: [&str; 4] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied"];
+const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa"];
 
 struct Fixture {
     session: Session,
@@ -46,7 +46,7 @@ fn first_batch(f: &Fixture) -> Batch {
 
 #[test]
 fn tokenization_matches_transformers() {
-    for name in MODELS {
+    for &name in MODELS {
         let f = fixture(name);
         let records = f.json["records"].as_array().unwrap();
         assert_eq!(records.len(), f.examples.len());
@@ -61,7 +61,7 @@ fn tokenization_matches_transformers() {
 
 #[test]
 fn logits_match_peft_within_1e4() {
-    for name in MODELS {
+    for &name in MODELS {
         let f = fixture(name);
         let batch = first_batch(&f);
         let ours = f.session.model.logits(&batch, Some(&f.adapter)).unwrap();
@@ -79,7 +79,7 @@ fn logits_match_peft_within_1e4() {
 
 #[test]
 fn eval_loss_matches_peft_within_1e4() {
-    for name in MODELS {
+    for &name in MODELS {
         let f = fixture(name);
         let r = trainer::eval::evaluate(&f.session.model, Some(&f.adapter), &f.examples, 4, f.session.text.pad_id).unwrap();
         let want = f.json["eval"]["loss"].as_f64().unwrap();
@@ -90,7 +90,7 @@ fn eval_loss_matches_peft_within_1e4() {
 
 #[test]
 fn lora_gradients_match_peft_within_1e4_relative() {
-    for name in MODELS {
+    for &name in MODELS {
         let f = fixture(name);
         let batch = first_batch(&f);
         let mut grads = Grads::new(f.session.model.cfg.num_layers);
@@ -108,7 +108,7 @@ fn lora_gradients_match_peft_within_1e4_relative() {
 
 #[test]
 fn three_adamw_steps_match_torch_within_2e3() {
-    for name in MODELS {
+    for &name in MODELS {
         let mut f = fixture(name);
         let t = &f.json["train"];
         let num = |k: &str| t[k].as_f64().unwrap();
