@@ -248,6 +248,20 @@ impl ModelConfig {
         self.num_kv_heads * self.head_dim
     }
 
+    /// Parameters of the whole model as transformers counts them (`model.parameters()`: tied embeddings once,
+    /// biases and every norm included), for plans and for checking a reading of a real config.
+    pub fn parameter_count(&self) -> u64 {
+        let (h, q, kv, i, v) = (self.hidden_size, self.q_dim(), self.kv_dim(), self.intermediate_size, self.vocab_size);
+        let [h, q, kv, i, v] = [h, q, kv, i, v].map(|x| x as u64);
+        let bias = |on: bool, n: u64| if on { n } else { 0 };
+        let attention = 2 * h * q + 2 * h * kv + bias(self.qkv_bias, q + 2 * kv) + bias(self.o_bias, h);
+        let mlp = 3 * h * i + bias(self.mlp_bias, 2 * i + h);
+        let norms = if self.sandwich_norms { 4 * h } else { 2 * h };
+        let layers = self.num_layers as u64 * (attention + mlp + norms);
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + layers + h + head
+    }
+
     /// Layer `li`'s sliding window, `None` for global attention.
     pub fn layer_window(&self, li: usize) -> Option<usize> {
         self.layer_windows.get(li).copied().flatten()
@@ -369,6 +383,39 @@ mod tests {
         assert!(c.tie_word_embeddings);
         assert_eq!(c.norm_weight_offset, 1.0);
         assert_eq!(c.embedding_scale, Some(2048f64.sqrt()));
+    }
+
+    #[test]
+    fn gemma2_fields_are_read_and_bad_ones_named() {
+        let mut j = json!({"architectures":["Gemma2ForCausalLM"],"hidden_size":64,"num_hidden_layers":3,
+            "num_attention_heads":4,"head_dim":32,"intermediate_size":96,"vocab_size":10,"sliding_window":8,
+            "query_pre_attn_scalar":16,"attn_logit_softcapping":null,
+            "layer_types":["full_attention","sliding_attention","sliding_attention"]});
+        let c = ModelConfig::from_json(&j).unwrap();
+        assert_eq!(c.layer_windows, [None, Some(8), Some(8)]);
+        assert_eq!(c.attn_scale, 0.25);
+        // null switches a cap off; absence takes transformers' default.
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, Some(30.0)));
+        assert!(c.sandwich_norms && c.tie_word_embeddings && c.norm_weight_offset == 1.0);
+        j["layer_types"] = json!(["full_attention", "sliding_attention"]);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("`layer_types` has 2 entries for num_hidden_layers = 3"), "{e}");
+        j["layer_types"] = json!(["full_attention", "chunked_attention", "full_attention"]);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("chunked_attention") && e.contains("sliding_attention"), "{e}");
+        j["layer_types"] = Value::Null;
+        j["attn_logit_softcapping"] = json!(-1.0);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("`attn_logit_softcapping` must be a positive number or null"), "{e}");
+        j["attn_logit_softcapping"] = json!(50.0);
+        j["sliding_window"] = json!(0);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("`sliding_window` must be a positive integer or null"), "{e}");
+        // Other families keep plain attention whatever Gemma-2 keys they carry.
+        j["architectures"] = json!(["LlamaForCausalLM"]);
+        let c = ModelConfig::from_json(&j).unwrap();
+        assert_eq!((c.attn_scale, c.attn_softcap, c.final_softcap), (1.0 / 32f64.sqrt(), None, None));
+        assert!(c.layer_windows.iter().all(Option::is_none) && !c.sandwich_norms);
     }
 
     #[test]
