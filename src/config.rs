@@ -14,6 +14,7 @@ pub enum Family {
     Gemma,
     Gemma2,
     Qwen2,
+    Mixtral,
 }
 
 impl Family {
@@ -23,6 +24,7 @@ impl Family {
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Qwen2 => "qwen2",
+            Family::Mixtral => "mixtral",
         }
     }
 }
@@ -77,6 +79,16 @@ pub struct ModelConfig {
     pub layer_windows: Vec<Option<usize>>,
     /// Gemma-2's extra RMSNorms on the attention and MLP outputs before their residual adds.
     pub sandwich_norms: bool,
+    /// Mixtral's sparse MoE MLP (`intermediate_size` is then each expert's).
+    pub moe: Option<MoeConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// `num_local_experts`.
+    pub experts: usize,
+    /// `num_experts_per_tok`.
+    pub top_k: usize,
 }
 
 /// A token id field (one id or a list); an id that does not fit in u32 is an error, not a wrapped id.
@@ -113,9 +125,10 @@ impl ModelConfig {
             "GemmaForCausalLM" | "gemma" => Family::Gemma,
             "Gemma2ForCausalLM" | "gemma2" => Family::Gemma2,
             "Qwen2ForCausalLM" | "qwen2" => Family::Qwen2,
+            "MixtralForCausalLM" | "mixtral" => Family::Mixtral,
             other => bail!(
                 "unsupported architecture `{other}`: supported are LlamaForCausalLM, GemmaForCausalLM, \
-                 Gemma2ForCausalLM, Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM)"
+                 Gemma2ForCausalLM, Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM), MixtralForCausalLM"
             ),
         };
         let usize_field = |key: &str| -> Result<usize> {
@@ -205,8 +218,26 @@ impl ModelConfig {
 
         let num_layers = usize_field("num_hidden_layers")?;
         let gemma2 = Gemma2Fields::read(obj, family, num_layers, head_dim)?;
-        let (attn_scale, attn_softcap, final_softcap, layer_windows) =
+        let (attn_scale, attn_softcap, final_softcap, mut layer_windows) =
             (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap, gemma2.layer_windows);
+        let moe = if family == Family::Mixtral {
+            let experts = usize_field("num_local_experts")?;
+            let top_k = usize_field("num_experts_per_tok")?;
+            if top_k == 0 || top_k > experts {
+                bail!("num_experts_per_tok ({top_k}) must be between 1 and num_local_experts ({experts})");
+            }
+            if bool_field("output_router_logits", false)? {
+                bail!("output_router_logits = true (the router's auxiliary loss) is not supported: LoRA fine-tuning here runs without it, as PEFT does with output_router_logits = false");
+            }
+            // Mixtral's attention slides on every layer when `sliding_window` is set (v0.1 ships null).
+            if let Some(v) = obj.get("sliding_window").filter(|v| !v.is_null()) {
+                let w = v.as_u64().filter(|&w| w > 0).context("field `sliding_window` must be a positive integer or null")?;
+                layer_windows = vec![Some(w as usize); num_layers];
+            }
+            Some(MoeConfig { experts, top_k })
+        } else {
+            None
+        };
 
         Ok(Self {
             family,
@@ -237,6 +268,7 @@ impl ModelConfig {
             final_softcap,
             layer_windows,
             sandwich_norms: family == Family::Gemma2,
+            moe,
         })
     }
 
@@ -255,7 +287,10 @@ impl ModelConfig {
         let [h, q, kv, i, v] = [h, q, kv, i, v].map(|x| x as u64);
         let bias = |on: bool, n: u64| if on { n } else { 0 };
         let attention = 2 * h * q + 2 * h * kv + bias(self.qkv_bias, q + 2 * kv) + bias(self.o_bias, h);
-        let mlp = 3 * h * i + bias(self.mlp_bias, 2 * i + h);
+        let mlp = match self.moe {
+            Some(m) => m.experts as u64 * (3 * h * i + h),
+            None => 3 * h * i + bias(self.mlp_bias, 2 * i + h),
+        };
         let norms = if self.sandwich_norms { 4 * h } else { 2 * h };
         let layers = self.num_layers as u64 * (attention + mlp + norms);
         let head = if self.tie_word_embeddings { 0 } else { v * h };

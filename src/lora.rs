@@ -93,9 +93,26 @@ pub fn peft_key(layer: usize, target: Target, factor: &str) -> String {
     format!("base_model.model.model.layers.{layer}.{}.{}.lora_{factor}.weight", target.block(), target.hf_name())
 }
 
+/// Mixtral's MLP is experts + router, which LoRA here does not adapt: only its attention projections can be
+/// targeted.
+fn check_targets(targets: &[Target], cfg: &ModelConfig) -> Result<()> {
+    if cfg.moe.is_some() {
+        if let Some(t) = targets.iter().find(|t| t.block() == "mlp") {
+            bail!(
+                "LoRA target `{}` does not exist in {}: its MLP is a mixture of experts, and only q_proj, k_proj, \
+                 v_proj and o_proj can be targeted (LoRA on the experts or the router is not supported)",
+                t.hf_name(),
+                cfg.architecture
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Adapter {
     /// PEFT's default init: A ~ Kaiming-uniform(a=√5) = U(−1/√in, 1/√in), B = 0, from a seeded ChaCha8 stream.
     pub fn init(spec: LoraSpec, cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        check_targets(&spec.targets, cfg)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
@@ -122,6 +139,7 @@ impl Adapter {
         let json: Value =
             crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
         let spec = spec_from_peft_config(&json).with_context(|| format!("in {}", config_path.display()))?;
+        check_targets(&spec.targets, cfg).with_context(|| format!("in {}", config_path.display()))?;
         let weights_path = dir.join("adapter_model.safetensors");
         if !weights_path.is_file() {
             bail!("adapter directory {} has no adapter_model.safetensors", dir.display());

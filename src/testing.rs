@@ -63,13 +63,25 @@ pub fn random_model(config: serde_json::Value, seed: u64) -> Model {
             attn_out_norm: cfg.sandwich_norms.then(|| norm(next(&[h], 0.1))),
             mlp_out_norm: cfg.sandwich_norms.then(|| norm(next(&[h], 0.1))),
             proj: ALL_TARGETS.map(|t| {
+                if cfg.moe.is_some() && t.block() == "mlp" {
+                    return None;
+                }
                 let (i, o) = t.dims(&cfg);
                 let bias = match t {
                     Target::Q | Target::K | Target::V => cfg.qkv_bias,
                     Target::O => cfg.o_bias,
                     _ => cfg.mlp_bias,
                 };
-                Frozen { w: next(&[o, i], 0.15), b: bias.then(|| next(&[o], 0.05)) }
+                Some(Frozen { w: next(&[o, i], 0.15), b: bias.then(|| next(&[o], 0.05)) })
+            }),
+            // A router with large weights: the routing probabilities differ clearly, so the routing weights
+            // carry gradient worth checking.
+            moe: cfg.moe.map(|m| {
+                let i = cfg.intermediate_size;
+                let experts = (0..m.experts)
+                    .map(|_| crate::ops::moe::Expert { w1: next(&[i, h], 0.15), w3: next(&[i, h], 0.15), w2: next(&[h, i], 0.15) })
+                    .collect();
+                crate::ops::moe::MoeWeights { router: next(&[m.experts, h], 0.5), experts }
             }),
         })
         .collect();
@@ -129,6 +141,13 @@ pub fn gemma2_config() -> serde_json::Value {
         "rope_parameters":{"rope_type":"default","rope_theta":10000.0},"query_pre_attn_scalar":8,
         "attn_logit_softcapping":2.0,"final_logit_softcapping":3.0,"sliding_window":3,
         "layer_types":["sliding_attention","full_attention"]})
+}
+
+/// Mixtral with 4 experts, top-2 routing.
+pub fn mixtral_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["MixtralForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"intermediate_size":24,"vocab_size":40,"rms_norm_eps":1e-5,"rope_theta":1000000.0,
+        "num_local_experts":4,"num_experts_per_tok":2,"sliding_window":null,"tie_word_embeddings":false})
 }
 
 pub fn qwen_config() -> serde_json::Value {

@@ -304,3 +304,53 @@ fn cross_entropy_case(cap: Option<f64>) {
     assert!((cross_entropy::forward(h.as_tensor(), &w, &targets, cap).unwrap() - want).abs() <= 1e-5 * want.abs());
     assert_close(&format!("cross-entropy dh, cap {cap:?}"), &dh, grads.get(&h).unwrap(), REL, ABS);
 }
+
+#[test]
+fn moe_backward_matches_autograd_through_experts_and_routing() {
+    use trainer::ops::moe::{self, Expert, MoeWeights};
+    let (n, h, i, e, k) = (11, 16, 12, 4, 2);
+    let w = MoeWeights {
+        router: randn(70, &[e, h], 0.6),
+        experts: (0..e as u64).map(|j| Expert { w1: randn(71 + 3 * j, &[i, h], 0.3), w3: randn(72 + 3 * j, &[i, h], 0.3), w2: randn(73 + 3 * j, &[h, i], 0.3) }).collect(),
+    };
+    let x = Var::from_tensor(&randn(80, &[n, h], 1.0)).unwrap();
+    let r = randn(81, &[n, h], 1.0);
+    // Independent composite, dense over all experts: the top-k choice is a constant 0/1 mask on the router's
+    // softmax, renormalised, weighting every expert's SwiGLU output.
+    let probs = candle_nn::ops::softmax(&x.as_tensor().matmul(&w.router.t().unwrap()).unwrap(), D::Minus1).unwrap();
+    let mut mask = vec![0f32; n * e];
+    for (t, row) in probs.to_vec2::<f32>().unwrap().iter().enumerate() {
+        let mut idx: Vec<usize> = (0..e).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for &j in &idx[..k] {
+            mask[t * e + j] = 1.0;
+        }
+    }
+    let mask = Tensor::from_vec(mask, (n, e), &Device::Cpu).unwrap();
+    let picked = probs.mul(&mask).unwrap();
+    let weights = picked.broadcast_div(&picked.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    let mut y_ref = x.as_tensor().zeros_like().unwrap();
+    for (j, ex) in w.experts.iter().enumerate() {
+        let g = x.as_tensor().matmul(&ex.w1.t().unwrap()).unwrap();
+        let u = x.as_tensor().matmul(&ex.w3.t().unwrap()).unwrap();
+        let out = silu_ref(&g).mul(&u).unwrap().matmul(&ex.w2.t().unwrap()).unwrap();
+        y_ref = (y_ref + out.broadcast_mul(&weights.narrow(1, j, 1).unwrap()).unwrap()).unwrap();
+    }
+    let grads = weighted_sum(&y_ref, &r).backward().unwrap();
+    let (y, saved) = moe::forward(&x.as_tensor().detach(), &w, k, Activation::Silu).unwrap();
+    assert_close("moe forward", &y, &y_ref, REL, ABS);
+    let dx = moe::backward(&r, &w, &saved, Activation::Silu).unwrap();
+    let want = grads.get(&x).unwrap();
+    assert_close("moe dx", &dx, want, REL, ABS);
+    // The routing path carries real gradient: without it (weights held constant) dx is clearly different.
+    let held = weights.detach();
+    let mut y_held = x.as_tensor().zeros_like().unwrap();
+    for (j, ex) in w.experts.iter().enumerate() {
+        let g = x.as_tensor().matmul(&ex.w1.t().unwrap()).unwrap();
+        let u = x.as_tensor().matmul(&ex.w3.t().unwrap()).unwrap();
+        let out = silu_ref(&g).mul(&u).unwrap().matmul(&ex.w2.t().unwrap()).unwrap();
+        y_held = (y_held + out.broadcast_mul(&held.narrow(1, j, 1).unwrap()).unwrap()).unwrap();
+    }
+    let no_routing = weighted_sum(&y_held, &r).backward().unwrap();
+    assert!(common::max_diff(no_routing.get(&x).unwrap(), want).0 > 1e-2, "routing gradient is negligible: the check would be vacuous");
+}

@@ -6,7 +6,7 @@ use super::Model;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::LoraSaved;
 use crate::ops::rope::{self, RopeTables};
-use crate::ops::{activation, rmsnorm, softcap};
+use crate::ops::{rmsnorm, softcap};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
 
@@ -128,10 +128,7 @@ impl Model {
         let attn_out = out_norm(attn_out, lw.attn_out_norm.as_ref(), cfg)?;
         let (x1, n2, _) = rmsnorm::add_forward(x, &attn_out, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n2 = n2.flatten_to(1)?;
-        let g = self.project(li, Target::Gate, &n2, adapter, None, &mut unused)?;
-        let u = self.project(li, Target::Up, &n2, adapter, None, &mut unused)?;
-        let h = activation::forward(&g, &u, cfg.activation)?;
-        let mlp_out = self.project(li, Target::Down, &h, adapter, None, &mut unused)?.reshape(x.shape())?;
+        let mlp_out = self.mlp_forward(li, &n2, adapter, None, &mut unused)?.0.reshape(x.shape())?;
         Ok(x1.add(&out_norm(mlp_out, lw.mlp_out_norm.as_ref(), cfg)?)?)
     }
 }

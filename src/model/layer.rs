@@ -11,7 +11,7 @@
 use super::{Grads, Inputs, Model, StepCtx};
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::{self, LoraApply, LoraSaved};
-use crate::ops::{activation, attention, rmsnorm, rope};
+use crate::ops::{activation, attention, moe, rmsnorm, rope};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -32,13 +32,17 @@ pub(crate) struct LayerCache {
     x1: Tensor,
     rstd2: Tensor,
     n2: Tensor,
-    g: Tensor,
-    u: Tensor,
-    h: Tensor,
+    mlp: MlpSaved,
     /// Input and rstd of the attention-output and MLP-output norms, where the family has them.
     attn_out_norm: Option<(Tensor, Tensor)>,
     mlp_out_norm: Option<(Tensor, Tensor)>,
     lora: [Option<LoraSaved>; 7],
+}
+
+/// The MLP's intermediates: the dense gated MLP's gate, up and activation, or the MoE's.
+pub(crate) enum MlpSaved {
+    Dense { g: Tensor, u: Tensor, h: Tensor },
+    Moe(moe::MoeSaved),
 }
 
 /// `rmsnorm(x)` with `w` when there is such a norm, and what its backward needs; `x` itself otherwise.
@@ -69,7 +73,7 @@ impl Model {
         dropout: Option<StepCtx>,
         saved: &mut [Option<LoraSaved>; 7],
     ) -> Result<Tensor> {
-        let frozen = &self.layers[li].proj[t.index()];
+        let frozen = self.layers[li].proj[t.index()].as_ref().expect("LoRA targets and projections exist together (checked at adapter load)");
         let lora = match adapter.and_then(|a| a.layers[li][t.index()].as_ref().map(|f| (a, f))) {
             Some((a, factors)) => {
                 let dropout = dropout.map(|ctx| (Model::dropout_key(ctx, li, t), ctx.dropout));
@@ -107,24 +111,43 @@ impl Model {
         let (attn_out, attn_out_norm) = maybe_norm(attn_out, lw.attn_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let (x1, n2, rstd2) = rmsnorm::add_forward(x, &attn_out, &lw.post_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n2 = n2.flatten_to(1)?;
-        let g = self.project(li, Target::Gate, &n2, adapter, dropout, &mut lora)?;
-        let u = self.project(li, Target::Up, &n2, adapter, dropout, &mut lora)?;
-        let h = activation::forward(&g, &u, cfg.activation)?;
-        let mlp_out = self.project(li, Target::Down, &h, adapter, dropout, &mut lora)?.reshape(x.shape())?;
-        let (mlp_out, mlp_out_norm) = maybe_norm(mlp_out, lw.mlp_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+        let (mlp_out, mlp) = self.mlp_forward(li, &n2, adapter, dropout, &mut lora)?;
+        let (mlp_out, mlp_out_norm) = maybe_norm(mlp_out.reshape(x.shape())?, lw.mlp_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let y = x1.add(&mlp_out)?;
-        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, g, u, h, attn_out_norm, mlp_out_norm, lora };
+        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, mlp, attn_out_norm, mlp_out_norm, lora };
         Ok((y, cache))
+    }
+
+    /// The MLP of layer `li` on `n2` (`[N, H]`): the dense gated MLP (with its LoRA) or Mixtral's experts.
+    pub(super) fn mlp_forward(
+        &self,
+        li: usize,
+        n2: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout: Option<StepCtx>,
+        lora: &mut [Option<LoraSaved>; 7],
+    ) -> Result<(Tensor, MlpSaved)> {
+        let cfg = &self.cfg;
+        if let (Some(w), Some(m)) = (&self.layers[li].moe, cfg.moe) {
+            let (y, saved) = moe::forward(n2, w, m.top_k, cfg.activation)?;
+            return Ok((y, MlpSaved::Moe(saved)));
+        }
+        let g = self.project(li, Target::Gate, n2, adapter, dropout, lora)?;
+        let u = self.project(li, Target::Up, n2, adapter, dropout, lora)?;
+        let h = activation::forward(&g, &u, cfg.activation)?;
+        let y = self.project(li, Target::Down, &h, adapter, dropout, lora)?;
+        Ok((y, MlpSaved::Dense { g, u, h }))
     }
 
     /// Backward through projection `t`: returns its input gradient, adding LoRA gradients into `grads`.
     fn project_backward(&self, li: usize, t: Target, dy: &Tensor, c: &LayerCache, adapter: &Adapter, grads: &mut Grads) -> Result<Tensor> {
-        let frozen = &self.layers[li].proj[t.index()];
-        let x = match t {
-            Target::Q | Target::K | Target::V => &c.n1,
-            Target::O => &c.o2,
-            Target::Gate | Target::Up => &c.n2,
-            Target::Down => &c.h,
+        let frozen = self.layers[li].proj[t.index()].as_ref().expect("backward only through projections the forward used");
+        let x = match (t, &c.mlp) {
+            (Target::Q | Target::K | Target::V, _) => &c.n1,
+            (Target::O, _) => &c.o2,
+            (Target::Gate | Target::Up, _) => &c.n2,
+            (Target::Down, MlpSaved::Dense { h, .. }) => h,
+            (Target::Down, MlpSaved::Moe(_)) => unreachable!("a MoE layer has no down projection"),
         };
         let lora = match (&adapter.layers[li][t.index()], &c.lora[t.index()]) {
             (Some(f), Some(saved)) => Some((f, adapter.spec.scale(), saved)),
@@ -145,11 +168,18 @@ impl Model {
         let off = cfg.norm_weight_offset;
         let dy2 = maybe_norm_backward(dy.clone(), lw.mlp_out_norm.as_ref(), off, &c.mlp_out_norm)?.flatten_to(1)?;
         // MLP branch.
-        let dh = self.project_backward(li, Target::Down, &dy2, c, adapter, grads)?;
-        let (dg, du) = activation::backward(&dh, &c.g, &c.u, cfg.activation)?;
-        let dn2 = self
-            .project_backward(li, Target::Gate, &dg, c, adapter, grads)?
-            .add(&self.project_backward(li, Target::Up, &du, c, adapter, grads)?)?;
+        let dn2 = match &c.mlp {
+            MlpSaved::Dense { g, u, .. } => {
+                let dh = self.project_backward(li, Target::Down, &dy2, c, adapter, grads)?;
+                let (dg, du) = activation::backward(&dh, g, u, cfg.activation)?;
+                self.project_backward(li, Target::Gate, &dg, c, adapter, grads)?
+                    .add(&self.project_backward(li, Target::Up, &du, c, adapter, grads)?)?
+            }
+            MlpSaved::Moe(saved) => {
+                let w = lw.moe.as_ref().expect("a MoE cache comes from a MoE layer");
+                moe::backward(&dy2, w, saved, cfg.activation)?
+            }
+        };
         let dx1 = rmsnorm::backward_add(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2, dy)?;
         // Attention branch.
         let dattn = maybe_norm_backward(dx1.clone(), lw.attn_out_norm.as_ref(), off, &c.attn_out_norm)?;

@@ -27,8 +27,10 @@ pub struct LayerWeights {
     /// (`post_feedforward_layernorm`), applied before each residual add; `None` in other families.
     pub attn_out_norm: Option<Tensor>,
     pub mlp_out_norm: Option<Tensor>,
-    /// Indexed by [`Target::index`].
-    pub proj: [Frozen; 7],
+    /// Indexed by [`Target::index`]; the MLP's three are `None` where the layer's MLP is a mixture of experts.
+    pub proj: [Option<Frozen>; 7],
+    /// Mixtral's experts and router, in place of the dense MLP.
+    pub moe: Option<crate::ops::moe::MoeWeights>,
 }
 
 pub struct Model {
@@ -107,7 +109,10 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
-            let proj = ALL_TARGETS.map(|t| -> Result<Frozen> {
+            let proj = ALL_TARGETS.map(|t| -> Result<Option<Frozen>> {
+                if cfg.moe.is_some() && t.block() == "mlp" {
+                    return Ok(None);
+                }
                 let (fan_in, out) = t.dims(&cfg);
                 let name = format!("{p}.{}.{}", t.block(), t.hf_name());
                 let has_bias = match t {
@@ -115,10 +120,10 @@ impl Model {
                     Target::O => cfg.o_bias,
                     _ => cfg.mlp_bias,
                 };
-                Ok(Frozen {
+                Ok(Some(Frozen {
                     w: load(&format!("{name}.weight"), &[out, fan_in])?,
                     b: if has_bias { Some(load(&format!("{name}.bias"), &[out])?) } else { None },
-                })
+                }))
             });
             let [q, k, vv, o, g, u, d] = proj;
             let norm = |name: &str| load(&format!("{p}.{name}.weight"), &[h]);
@@ -127,12 +132,28 @@ impl Model {
             } else {
                 (norm("post_attention_layernorm")?, None, None)
             };
+            // The Hub's (and transformers' save_pretrained's) layout: one w1/w2/w3 per expert.
+            let moe = match cfg.moe {
+                Some(m) => {
+                    let i = cfg.intermediate_size;
+                    let b = format!("{p}.block_sparse_moe");
+                    let experts = (0..m.experts)
+                        .map(|e| -> Result<crate::ops::moe::Expert> {
+                            let w = |n: &str, shape: &[usize]| load(&format!("{b}.experts.{e}.{n}.weight"), shape);
+                            Ok(crate::ops::moe::Expert { w1: w("w1", &[i, h])?, w3: w("w3", &[i, h])?, w2: w("w2", &[h, i])? })
+                        })
+                        .collect::<Result<_>>()?;
+                    Some(crate::ops::moe::MoeWeights { router: load(&format!("{b}.gate.weight"), &[m.experts, h])?, experts })
+                }
+                None => None,
+            };
             layers.push(LayerWeights {
                 input_norm: norm("input_layernorm")?,
                 post_norm,
                 attn_out_norm,
                 mlp_out_norm,
                 proj: [q?, k?, vv?, o?, g?, u?, d?],
+                moe,
             });
         }
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(load("lm_head.weight", &[v, h])?) };

@@ -13,6 +13,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod gemm;
 pub mod linear;
+pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod softcap;
