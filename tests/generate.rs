@@ -26,7 +26,7 @@ fn golden() -> Value {
 
 /// Fixtures of later families (`gen_fixtures.py gen-families`) keep their generation rows in their own golden
 /// file, so that adding one never rewrites generation.json.
-const FAMILY_MODELS: &[&str] = &["gemma2-swa"];
+const FAMILY_MODELS: &[&str] = &["gemma2-swa", "mixtral-moe"];
 
 /// `(name, {eos_token_id, rows})` of every fixture model with golden generations, and `max_new_tokens`.
 fn all_generations() -> Vec<(String, Value, usize)> {
@@ -54,7 +54,7 @@ fn greedy(max_new_tokens: usize) -> GenOptions {
 #[test]
 fn cached_decoding_gives_the_full_forward_logits() {
     let all = all_generations();
-    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "gemma2-swa"] {
+    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "gemma2-swa", "mixtral-moe"] {
         let (s, adapter) = open(name);
         let m = &all.iter().find(|(n, ..)| n == name).unwrap().1;
         let rows: Vec<Vec<u32>> = m["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();

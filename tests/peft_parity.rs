@@ -19,7 +19,7 @@ use trainer::optim::{AdamWConfig, Schedule};
 use trainer::session::Session;
 use trainer::train::{train, TrainPlan};
 
-const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa"];
+const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa", "mixtral-moe"];
 
 struct Fixture {
     session: Session,
