@@ -454,6 +454,29 @@ mod tests {
     }
 
     #[test]
+    fn mixtral_fields_are_read_and_bad_ones_named() {
+        let mut j = json!({"architectures":["MixtralForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":2,"intermediate_size":96,"vocab_size":10,
+            "num_local_experts":4,"num_experts_per_tok":2,"sliding_window":null});
+        let c = ModelConfig::from_json(&j).unwrap();
+        assert_eq!(c.moe, Some(MoeConfig { experts: 4, top_k: 2 }));
+        assert_eq!(c.layer_windows, [None, None]);
+        j["sliding_window"] = json!(32);
+        assert_eq!(ModelConfig::from_json(&j).unwrap().layer_windows, [Some(32), Some(32)]);
+        j["num_experts_per_tok"] = json!(5);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("num_experts_per_tok (5) must be between 1 and num_local_experts (4)"), "{e}");
+        j["num_experts_per_tok"] = json!(2);
+        j["output_router_logits"] = json!(true);
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("output_router_logits"), "{e}");
+        j["output_router_logits"] = json!(false);
+        j.as_object_mut().unwrap().remove("num_local_experts");
+        let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
+        assert!(e.contains("`num_local_experts` is missing"), "{e}");
+    }
+
+    #[test]
     fn scaled_rope_is_refused() {
         let j = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
             "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,

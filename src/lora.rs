@@ -347,4 +347,19 @@ mod tests {
             assert!(e.contains(needle), "{k}: {e}");
         }
     }
+
+    #[test]
+    fn mixtral_refuses_mlp_targets_naming_what_it_can_adapt() {
+        let cfg = ModelConfig::from_json(&serde_json::json!({"architectures":["MixtralForCausalLM"],"hidden_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":8,"vocab_size":10,
+            "num_local_experts":2,"num_experts_per_tok":1})).unwrap();
+        let spec = LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::Q, Target::Down], rslora: false };
+        let e = Adapter::init(spec.clone(), &cfg, 0, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("`down_proj`") && e.contains("q_proj, k_proj, v_proj and o_proj"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Adapter::init(LoraSpec { targets: vec![Target::Q], ..spec.clone() }, &cfg, 0, &Device::Cpu).unwrap();
+        Adapter { spec: spec.clone(), layers: ok.layers }.save_peft(dir.path(), "base", DType::F32).unwrap();
+        let e = format!("{:#}", Adapter::load_peft(dir.path(), &cfg, &Device::Cpu).unwrap_err());
+        assert!(e.contains("adapter_config.json") && e.contains("`down_proj`"), "{e}");
+    }
 }

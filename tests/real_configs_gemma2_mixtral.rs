@@ -30,3 +30,19 @@ fn gemma_2_9b_parses_with_its_caps_windows_and_parameter_count() {
     assert_eq!(c.parameter_count(), total);
     assert_eq!(total, 9_241_705_984);
 }
+
+#[test]
+fn mixtral_8x7b_parses_with_its_experts_and_parameter_count() {
+    let (c, total) = config("mixtral-8x7b-v0.1");
+    assert_eq!(c.family, Family::Mixtral);
+    assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size), (4096, 32, 32, 8, 128, 14336));
+    assert_eq!(c.moe, Some(trainer::config::MoeConfig { experts: 8, top_k: 2 }));
+    assert_eq!(c.activation, Activation::Silu);
+    assert_eq!(c.rope_theta, 1e6);
+    // sliding_window null: global attention everywhere; plain 1/sqrt(head_dim) scale, no caps.
+    assert!(c.layer_windows.iter().all(Option::is_none));
+    assert_eq!((c.attn_scale, c.attn_softcap, c.final_softcap), (1.0 / 128f64.sqrt(), None, None));
+    assert!(!c.tie_word_embeddings && !c.sandwich_norms);
+    assert_eq!(c.parameter_count(), total);
+    assert_eq!(total, 46_702_792_704);
+}
