@@ -288,7 +288,10 @@ mod model_on_cuda {
     use trainer::model::{Grads, StepCtx};
     use trainer::session::Session;
 
-    const MODELS: [&str; 4] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied"];
+    // gemma2-swa takes the Candle-op fallback for its capped and windowed attention. mixtral-moe is left out:
+    // in bf16 a token whose top two router probabilities are close can pick another expert than in f32, a
+    // discrete change no gradient tolerance describes.
+    const MODELS: [&str; 5] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa"];
 
     fn step(session: &Session, adapter: &Adapter, batch: &Batch, recompute: bool) -> (f64, Vec<Tensor>) {
         let mut grads = Grads::new(session.model.cfg.num_layers);
