@@ -308,13 +308,13 @@ fn real_main() -> Result<i32> {
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
-            let spec = trainer::eval::TaskSpec::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
-            let task = spec.load(&session)?;
+            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
+            let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();
             let adapters: Vec<(String, Option<Adapter>)> = match (runs, adapter) {
                 (Some(dir), _) => {
-                    let found = trainer::eval::sweep_adapters(&dir, &session.model.cfg, &device)?;
+                    let found = trainer::sweep::adapters::sweep_adapters(&dir, &session.model.cfg, &device)?;
                     skipped = found.skipped;
                     found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect()
                 }
