@@ -74,9 +74,8 @@ pub struct ModelConfig {
     pub attn_softcap: Option<f64>,
     /// Gemma-2's `final_logit_softcapping`: logits become cap·tanh(logits/cap).
     pub final_softcap: Option<f64>,
-    /// Per layer, the sliding attention window (a query sees itself and the window − 1 keys before it), or
-    /// `None` for global attention.
-    pub layer_windows: Vec<Option<usize>>,
+    /// Which layers slide an attention window (a query sees itself and the window − 1 keys before it).
+    pub windows: Windows,
     /// Gemma-2's extra RMSNorms on the attention and MLP outputs before their residual adds.
     pub sandwich_norms: bool,
     /// Mixtral's sparse MoE MLP (`intermediate_size` is then each expert's).
@@ -218,8 +217,8 @@ impl ModelConfig {
 
         let num_layers = usize_field("num_hidden_layers")?;
         let gemma2 = Gemma2Fields::read(obj, family, num_layers, head_dim)?;
-        let (attn_scale, attn_softcap, final_softcap, mut layer_windows) =
-            (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap, gemma2.layer_windows);
+        let (attn_scale, attn_softcap, final_softcap, mut windows) =
+            (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap, gemma2.windows);
         let moe = if family == Family::Mixtral {
             let experts = usize_field("num_local_experts")?;
             let top_k = usize_field("num_experts_per_tok")?;
@@ -232,7 +231,7 @@ impl ModelConfig {
             // Mixtral's attention slides on every layer when `sliding_window` is set (v0.1 ships null).
             if let Some(v) = obj.get("sliding_window").filter(|v| !v.is_null()) {
                 let w = v.as_u64().filter(|&w| w > 0).context("field `sliding_window` must be a positive integer or null")?;
-                layer_windows = vec![Some(w as usize); num_layers];
+                windows = Windows::All(w as usize);
             }
             Some(MoeConfig { experts, top_k })
         } else {
@@ -266,7 +265,7 @@ impl ModelConfig {
             attn_scale,
             attn_softcap,
             final_softcap,
-            layer_windows,
+            windows,
             sandwich_norms: family == Family::Gemma2,
             moe,
         })
@@ -283,24 +282,44 @@ impl ModelConfig {
     /// Parameters of the whole model as transformers counts them (`model.parameters()`: tied embeddings once,
     /// biases and every norm included), for plans and for checking a reading of a real config.
     pub fn parameter_count(&self) -> u64 {
+        // Saturating: a config is read before its checkpoint confirms the sizes, so they may be absurd.
+        let m = |xs: &[usize]| xs.iter().fold(1u64, |acc, &x| acc.saturating_mul(x as u64));
+        let sum = |xs: &[u64]| xs.iter().fold(0u64, |acc, &x| acc.saturating_add(x));
         let (h, q, kv, i, v) = (self.hidden_size, self.q_dim(), self.kv_dim(), self.intermediate_size, self.vocab_size);
-        let [h, q, kv, i, v] = [h, q, kv, i, v].map(|x| x as u64);
-        let bias = |on: bool, n: u64| if on { n } else { 0 };
-        let attention = 2 * h * q + 2 * h * kv + bias(self.qkv_bias, q + 2 * kv) + bias(self.o_bias, h);
+        let on = |b: bool, n: u64| if b { n } else { 0 };
+        let attention = sum(&[m(&[2, h, q]), m(&[2, h, kv]), on(self.qkv_bias, sum(&[q as u64, m(&[2, kv])])), on(self.o_bias, h as u64)]);
         let mlp = match self.moe {
-            Some(m) => m.experts as u64 * (3 * h * i + h),
-            None => 3 * h * i + bias(self.mlp_bias, 2 * i + h),
+            Some(e) => m(&[e.experts]).saturating_mul(sum(&[m(&[3, h, i]), h as u64])),
+            None => sum(&[m(&[3, h, i]), on(self.mlp_bias, sum(&[m(&[2, i]), h as u64]))]),
         };
-        let norms = if self.sandwich_norms { 4 * h } else { 2 * h };
-        let layers = self.num_layers as u64 * (attention + mlp + norms);
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + layers + h + head
+        let norms = m(&[if self.sandwich_norms { 4 } else { 2 }, h]);
+        let layers = m(&[self.num_layers]).saturating_mul(sum(&[attention, mlp, norms]));
+        sum(&[m(&[v, h]), layers, h as u64, on(!self.tie_word_embeddings, m(&[v, h]))])
     }
 
     /// Layer `li`'s sliding window, `None` for global attention.
     pub fn layer_window(&self, li: usize) -> Option<usize> {
-        self.layer_windows.get(li).copied().flatten()
+        match &self.windows {
+            Windows::None => None,
+            Windows::All(w) => Some(*w),
+            Windows::EvenLayers(w) => (li % 2 == 0).then_some(*w),
+            Windows::PerLayer(v) => v.get(li).copied().flatten(),
+        }
     }
+}
+
+/// The sliding windows of a model's layers, as a rule rather than a list: a config's `num_hidden_layers` is
+/// not trusted to size an allocation before the checkpoint confirms it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Windows {
+    /// Global attention everywhere.
+    None,
+    /// Every layer slides (Mixtral with `sliding_window` set).
+    All(usize),
+    /// Even layers slide, odd ones are global (Gemma-2's default `layer_types`).
+    EvenLayers(usize),
+    /// As `layer_types` lists them, one entry per layer.
+    PerLayer(Vec<Option<usize>>),
 }
 
 /// What Gemma-2 adds to the config; other families get plain attention (1/sqrt(head_dim), no caps, no windows).
@@ -308,12 +327,12 @@ struct Gemma2Fields {
     attn_scale: f64,
     attn_softcap: Option<f64>,
     final_softcap: Option<f64>,
-    layer_windows: Vec<Option<usize>>,
+    windows: Windows,
 }
 
 impl Gemma2Fields {
     fn read(obj: &serde_json::Map<String, Value>, family: Family, num_layers: usize, head_dim: usize) -> Result<Self> {
-        let plain = Self { attn_scale: 1.0 / (head_dim as f64).sqrt(), attn_softcap: None, final_softcap: None, layer_windows: vec![None; num_layers] };
+        let plain = Self { attn_scale: 1.0 / (head_dim as f64).sqrt(), attn_softcap: None, final_softcap: None, windows: Windows::None };
         if family != Family::Gemma2 {
             return Ok(plain);
         }
@@ -338,31 +357,32 @@ impl Gemma2Fields {
             },
         };
         // transformers' Gemma2Config: without `layer_types`, even layers (0, 2, ..) slide and odd ones are global.
-        let types: Vec<String> = match obj.get("layer_types") {
-            None | Some(Value::Null) => (0..num_layers).map(|i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" }.to_string()).collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|t| t.as_str().map(str::to_string).context("field `layer_types` must be a list of strings"))
-                .collect::<Result<_>>()?,
-            Some(_) => bail!("field `layer_types` must be a list of strings"),
+        // A window of None (sliding_window null) makes a sliding layer global, as transformers' mask does.
+        let windows = match (obj.get("layer_types"), window) {
+            (None | Some(Value::Null), Some(w)) => Windows::EvenLayers(w),
+            (None | Some(Value::Null), None) => Windows::None,
+            (Some(Value::Array(a)), _) => {
+                if a.len() != num_layers {
+                    bail!("field `layer_types` has {} entries for num_hidden_layers = {num_layers}", a.len());
+                }
+                let per_layer = a
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(None),
+                        Some("sliding_attention") => Ok(window),
+                        Some(other) => bail!("`layer_types` entry `{other}` is not supported (full_attention, sliding_attention)"),
+                        None => bail!("field `layer_types` must be a list of strings"),
+                    })
+                    .collect::<Result<_>>()?;
+                Windows::PerLayer(per_layer)
+            }
+            (Some(_), _) => bail!("field `layer_types` must be a list of strings"),
         };
-        if types.len() != num_layers {
-            bail!("field `layer_types` has {} entries for num_hidden_layers = {num_layers}", types.len());
-        }
-        let layer_windows = types
-            .iter()
-            .map(|t| match t.as_str() {
-                "full_attention" => Ok(None),
-                // A window of None (sliding_window null) makes a sliding layer global, as transformers' mask does.
-                "sliding_attention" => Ok(window),
-                other => bail!("`layer_types` entry `{other}` is not supported (full_attention, sliding_attention)"),
-            })
-            .collect::<Result<_>>()?;
         Ok(Self {
             attn_scale: 1.0 / scalar.sqrt(),
             attn_softcap: positive("attn_logit_softcapping", Some(50.0))?,
             final_softcap: positive("final_logit_softcapping", Some(30.0))?,
-            layer_windows,
+            windows,
         })
     }
 }
@@ -427,7 +447,8 @@ mod tests {
             "query_pre_attn_scalar":16,"attn_logit_softcapping":null,
             "layer_types":["full_attention","sliding_attention","sliding_attention"]});
         let c = ModelConfig::from_json(&j).unwrap();
-        assert_eq!(c.layer_windows, [None, Some(8), Some(8)]);
+        assert_eq!(c.windows, Windows::PerLayer(vec![None, Some(8), Some(8)]));
+        assert_eq!((0..3).map(|i| c.layer_window(i)).collect::<Vec<_>>(), [None, Some(8), Some(8)]);
         assert_eq!(c.attn_scale, 0.25);
         // null switches a cap off; absence takes transformers' default.
         assert_eq!((c.attn_softcap, c.final_softcap), (None, Some(30.0)));
@@ -450,7 +471,7 @@ mod tests {
         j["architectures"] = json!(["LlamaForCausalLM"]);
         let c = ModelConfig::from_json(&j).unwrap();
         assert_eq!((c.attn_scale, c.attn_softcap, c.final_softcap), (1.0 / 32f64.sqrt(), None, None));
-        assert!(c.layer_windows.iter().all(Option::is_none) && !c.sandwich_norms);
+        assert!(c.windows == Windows::None && !c.sandwich_norms);
     }
 
     #[test]
@@ -460,9 +481,12 @@ mod tests {
             "num_local_experts":4,"num_experts_per_tok":2,"sliding_window":null});
         let c = ModelConfig::from_json(&j).unwrap();
         assert_eq!(c.moe, Some(MoeConfig { experts: 4, top_k: 2 }));
-        assert_eq!(c.layer_windows, [None, None]);
+        assert_eq!(c.windows, Windows::None);
         j["sliding_window"] = json!(32);
-        assert_eq!(ModelConfig::from_json(&j).unwrap().layer_windows, [Some(32), Some(32)]);
+        assert_eq!(ModelConfig::from_json(&j).unwrap().windows, Windows::All(32));
+        // A layer count no checkpoint could have allocates nothing before the checkpoint is read.
+        j["num_hidden_layers"] = json!(1u64 << 40);
+        assert_eq!(ModelConfig::from_json(&j).unwrap().layer_window(5), Some(32));
         j["num_experts_per_tok"] = json!(5);
         let e = format!("{:#}", ModelConfig::from_json(&j).unwrap_err());
         assert!(e.contains("num_experts_per_tok (5) must be between 1 and num_local_experts (4)"), "{e}");
