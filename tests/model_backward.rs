@@ -44,7 +44,15 @@ fn autograd_grads(model: &Model, adapter: &Adapter, examples: &[trainer::data::b
 
 #[test]
 fn explicit_backward_matches_autograd_for_every_family() {
-    for (name, config) in [("llama", llama_config()), ("gemma", gemma_config()), ("qwen2", qwen_config())] {
+    let families = [
+        ("llama", llama_config()),
+        ("gemma", gemma_config()),
+        ("qwen2", qwen_config()),
+        ("llama3", llama3_config()),
+        ("mistral", mistral_config()),
+        ("qwen3", qwen3_config()),
+    ];
+    for (name, config) in families {
         let model = random_model(config, 1);
         let adapter = random_adapter(&model, &ALL_TARGETS, 4, 5);
         let examples = random_examples(3, 40, 9);
