@@ -2,10 +2,10 @@
 //! attends to everything cached. Rows may be left-padded to batch prompts of different lengths: padding keys are
 //! masked and each row's positions count only its real tokens, as transformers does with an attention mask.
 
+use super::layer::qk_heads;
 use super::Model;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::LoraSaved;
-use super::layer::qk_heads;
 use crate::ops::rope::RopeTables;
 use crate::ops::{activation, rmsnorm};
 use anyhow::{ensure, Result};
@@ -69,8 +69,9 @@ impl Model {
 
     /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, no
     /// padding and, with a sliding window, only keys fewer than the window back (by index, as transformers
-    /// counts, padding included: left padding shifts a row's query and keys alike) — except that every query sees its own key, so padding rows stay finite (a fully masked row
-    /// would turn into NaN and reach real rows through 0 × NaN).
+    /// counts, padding included: left padding shifts a row's query and keys alike) — except that every query
+    /// sees its own key, so padding rows stay finite (a fully masked row would turn into NaN and reach real rows
+    /// through 0 × NaN).
     fn decode_mask(&self, key_valid: &[Vec<bool>], t: usize) -> Result<Tensor> {
         let total = key_valid.first().map_or(0, Vec::len);
         let past = total - t;

@@ -7,9 +7,9 @@
 //! ```
 
 use super::{Grads, Inputs, Model, StepCtx};
+use crate::config::ModelConfig;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::{self, LoraApply, LoraSaved};
-use crate::config::ModelConfig;
 use crate::ops::{activation, attention, rmsnorm, rope};
 use anyhow::Result;
 use candle_core::Tensor;

@@ -89,7 +89,7 @@ fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Resu
 }
 
 /// Additive mask `[B, 1, T, T]` (f32): 0 where query `i` may attend key `j` (`j ≤ i`, key not padding and in
-/// the same packed segment), `f32::MIN` elsewhere — transformers' eager convention, so a row with no visible key
+/// the same packed segment; see [`windowed_mask`] for a sliding window), `f32::MIN` elsewhere — transformers' eager convention, so a row with no visible key
 /// degrades to a uniform row instead of NaN.
 pub fn mask(key_valid: &[Vec<bool>], segments: Option<&[Vec<u32>]>, device: &Device) -> Result<Tensor> {
     windowed_mask(key_valid, segments, None, device)
