@@ -1,6 +1,7 @@
 //! The published config.json of current checkpoints (tests/fixtures/configs) parse, and the trainer counts the
 //! same parameters as transformers does for each (param_counts.json, from param_counts.py instantiating each on
-//! the meta device): every entry exactly, and the families' own settings as the checkpoints mean them.
+//! the meta device): every entry exactly, and the families' own settings as the checkpoints mean them; and RoPE
+//! frequency scalings against transformers' at real sizes.
 
 use serde_json::Value;
 use trainer::config::{Family, ModelConfig, RopeScaling};
@@ -52,4 +53,23 @@ fn each_family_reads_its_own_settings() {
     assert_eq!((qwen25.family, qwen25.sliding_window, qwen25.qkv_bias, qwen25.head_dim), (Family::Qwen2, None, true, 128));
     let qwen3 = load("Qwen3-8B");
     assert_eq!((qwen3.family, qwen3.qk_norm, qwen3.qkv_bias, qwen3.head_dim, qwen3.rope_scaling.clone()), (Family::Qwen3, true, false, 128, RopeScaling::None));
+}
+
+/// `rope_inv_freq` against transformers' `LlamaRotaryEmbedding.inv_freq` (golden/rope-inv-freq.json, from
+/// `gen_fixtures.py gen-families`) for plain, linear, dynamic (read after a forward over max_position_embeddings
+/// positions) and llama3 at Llama-3.1-8B's and Llama-3.2-1B's settings: within 2 ulp (f32 `powf` and torch's `pow`
+/// may round differently by one; every later step is the same f32 arithmetic).
+#[test]
+fn rope_frequencies_match_transformers() {
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden/rope-inv-freq.json")).unwrap()).unwrap();
+    let cases = g["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (name, case) in cases {
+        let ours = ModelConfig::from_json(&case["config"]).unwrap().rope_inv_freq();
+        let want: Vec<f32> = case["inv_freq"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(ours.len(), want.len(), "{name}");
+        for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 2.0 * f32::EPSILON * b.abs(), "{name} frequency {i}: {a:e} vs transformers {b:e}");
+        }
+    }
 }
