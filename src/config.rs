@@ -210,7 +210,7 @@ fn sliding_window(obj: &serde_json::Map<String, Value>, family: Family, num_laye
             };
             if sliding_layers > 0 {
                 bail!(
-                    "use_sliding_window = true with {sliding_layers} sliding-window layer(s) (from max_window_layers) is not \
+                    "use_sliding_window = true with {sliding_layers} sliding-window layer(s) (layer_types, or those from max_window_layers on) is not \
                      supported for {}; Qwen2.5 and Qwen3 checkpoints ship use_sliding_window = false",
                     family.name()
                 );
