@@ -150,6 +150,6 @@ fn dynamic_rope_is_plain_rope_up_to_max_positions_and_refused_beyond() {
     let (la, lb) = (a.logits(&batch(std::slice::from_ref(&short)), None).unwrap(), b.logits(&batch(&[short]), None).unwrap());
     assert_eq!(max_diff(&la, &lb).0, 0.0, "within max_position_embeddings transformers keeps plain RoPE");
     let long = trainer::data::batch::Example::new((0..9).collect(), vec![true; 9], false);
-    let e = format!("{:#}", b.logits(&batch(&[long]), None).err().expect("9 positions > 8"));
+    let e = format!("{:#}", b.logits(&batch(&[long]), None).expect_err("9 positions > 8"));
     assert!(e.contains("reaches 9 positions, beyond max_position_embeddings = 8") && e.contains("`dynamic`"), "{e}");
 }
