@@ -85,3 +85,40 @@ fn eval_command_prints_acc_acc_norm_items_and_subjects() {
         assert_eq!(got["subjects"][name]["items"], m["items"], "{name}");
     }
 }
+
+/// `trainer eval --task mc` on the fixture model with `args`: its stderr when it fails (it must).
+fn eval_fails(args: &[&str]) -> String {
+    let root = trainer::testing::fixtures_dir();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer")).args(["eval", "--model", root.join("models/llama-gqa").to_str().unwrap(), "--task", "mc", "--json"]).args(args).output().unwrap();
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_benchmark_input_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |f: &str| repo().join("data/benchmarks").join(f).to_str().unwrap().to_string();
+    let err = eval_fails(&["--format", "mmlux", "--data", &bench("mmlu/all/test.jsonl")]);
+    assert!(err.contains("unknown multiple-choice format `mmlux`") && err.contains("cmmlu, ceval, mmlu, okapi, mmmlu, arc, hellaswag"), "{err}");
+    // A file missing a column: named with its row and the column.
+    let bad = dir.path().join("agronomy.jsonl");
+    std::fs::write(&bad, "{\"Question\": \"q\", \"A\": \"a\", \"B\": \"b\", \"C\": \"c\", \"D\": \"d\", \"Answer\": \"A\"}\n{\"Question\": \"q\", \"A\": \"a\", \"B\": \"b\", \"D\": \"d\", \"Answer\": \"A\"}\n").unwrap();
+    let err = eval_fails(&["--format", "cmmlu", "--data", bad.to_str().unwrap()]);
+    assert!(err.contains("agronomy.jsonl:2") && err.contains("missing column `C`"), "{err}");
+    // A renamed column is found through --field; an unknown field is an error naming the format's fields.
+    let renamed = dir.path().join("anatomy.jsonl");
+    std::fs::write(&renamed, "{\"frage\": \"q\", \"choices\": [\"a\", \"b\", \"c\", \"d\"], \"answer\": 1}\n").unwrap();
+    let err = eval_fails(&["--format", "mmlu", "--data", renamed.to_str().unwrap()]);
+    assert!(err.contains("anatomy.jsonl:1") && err.contains("missing column `question`"), "{err}");
+    let err = eval_fails(&["--format", "mmlu", "--field", "frage=question", "--data", renamed.to_str().unwrap()]);
+    assert!(err.contains("no field `frage`") && err.contains("question, choices, answer, subject"), "{err}");
+    let err = eval_fails(&["--format", "mmlu", "--field", "question=frage", "--data", renamed.to_str().unwrap(), "--dev", &bench("mmlu/all/dev.jsonl"), "--shots", "1"]);
+    assert!(err.contains("dev.jsonl:1: missing column `frage` (field `question`)"), "the dev file is read with the same fields: {err}");
+    let err = eval_fails(&["--format", "mmlu", "--data", &bench("mmlu/all/test.jsonl"), "--shots", "3", "--dev", &bench("mmlu/all/dev.jsonl")]);
+    assert!(err.contains("3-shot prompts need 3 examples of subject `anatomy`; the dev split has 2"), "{err}");
+    // ARC answer keys must be one of the row's labels.
+    let arc = dir.path().join("arc.jsonl");
+    std::fs::write(&arc, "{\"question\": \"q\", \"choices\": {\"text\": [\"a\", \"b\"], \"label\": [\"1\", \"2\"]}, \"answerKey\": \"B\"}\n").unwrap();
+    let err = eval_fails(&["--format", "arc", "--data", arc.to_str().unwrap()]);
+    assert!(err.contains("arc.jsonl:1") && err.contains("`B` is not one of the labels 1, 2"), "{err}");
+}
