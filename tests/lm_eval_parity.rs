@@ -122,3 +122,19 @@ fn bad_benchmark_input_is_one_clear_error() {
     let err = eval_fails(&["--format", "arc", "--data", arc.to_str().unwrap()]);
     assert!(err.contains("arc.jsonl:1") && err.contains("`B` is not one of the labels 1, 2"), "{err}");
 }
+
+#[test]
+fn context_and_continuation_are_tokenized_as_lm_evals_encode_pair() {
+    // Ids from lm-eval 0.4.13's HFLM._encode_pair with the llama-gqa fixture tokenizer (which adds <s> = 1). The
+    // samples' prompts never reach these cases, hence the direct check: a trailing space of the context moves into
+    // the continuation (" that" is one token, "that" alone three), and where the whole text merges across the
+    // boundary the continuation is what the whole adds after as many tokens as the context alone has.
+    let s = Session::open(trainer::testing::fixtures_dir().join("models/llama-gqa").to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let tok = &s.text.tokenizer;
+    let (ctx, cont) = trainer::eval::mc::encode_pair(tok, "Question: 2+2?\nAnswer: ", "that").unwrap();
+    assert_eq!(ctx, [1, 51, 87, 259, 274, 263, 28, 223, 20, 13, 20, 33, 201, 35, 80, 85, 89, 71, 84, 28]);
+    assert_eq!(cont, [269]);
+    let (ctx, cont) = trainer::eval::mc::encode_pair(tok, "Answer: d", "es x y").unwrap();
+    assert_eq!(ctx, [1, 35, 80, 85, 89, 71, 84, 28, 223, 70]);
+    assert_eq!(cont, [90, 223, 91]);
+}
