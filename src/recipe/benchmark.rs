@@ -171,3 +171,28 @@ impl BenchmarkSection {
         serde_json::json!({ "task": self.task, "language": self.language, "origin_type": self.origin_type, "form": self.form() })
     }
 }
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn entry(extra: &str) -> Result<BenchmarkSection> {
+        let spec: BenchmarkSection = toml::from_str(&format!("task = \"mc\"\npath = \"x.jsonl\"\n{extra}"))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn the_default_format_depends_on_the_task_and_fields_are_the_formats_own() {
+        assert_eq!(entry("").unwrap().format(), "generic");
+        let loss: BenchmarkSection = toml::from_str("task = \"loss\"\npath = \"x.jsonl\"").unwrap();
+        assert_eq!(loss.format(), "alpaca");
+        assert_eq!(entry("format = \"cmmlu\"\nfields = { question = \"Frage\" }").unwrap().fields["question"], "Frage");
+        let err = entry("format = \"cmmluu\"").unwrap_err().to_string();
+        assert!(err.contains("unknown multiple-choice format `cmmluu`") && err.contains("generic, cmmlu, ceval"), "{err}");
+        let err = entry("format = \"arc\"\nfields = { Question = \"q\" }").unwrap_err().to_string();
+        assert!(err.contains("no field `Question`") && err.contains("choices.text"), "{err}");
+        assert!(entry("format = \"mmmlu\"\nshots = 5").is_ok(), "MMMLU's examples come from the scored file");
+        assert!(entry("format = \"mmlu\"\nshots = 5").unwrap_err().to_string().contains("need a dev file"));
+    }
+}
