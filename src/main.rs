@@ -175,9 +175,13 @@ enum Command {
         /// qa: answer length limit.
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
-        /// loss: the data file's format.
-        #[arg(long, default_value = "alpaca")]
-        format: String,
+        /// The data file's layout. loss: a training-data format (default alpaca); mc: generic (default), cmmlu,
+        /// ceval, mmlu, okapi, mmmlu, arc or hellaswag (each benchmark's released columns, scored as lm-eval does).
+        #[arg(long)]
+        format: Option<String>,
+        /// mc: a column named otherwise than in the format's release, as FIELD=COLUMN (repeatable).
+        #[arg(long = "field", value_name = "FIELD=COLUMN")]
+        fields: Vec<String>,
         /// loss: the prompt template.
         #[arg(long, default_value = "alpaca")]
         template: String,
@@ -304,11 +308,12 @@ fn real_main() -> Result<i32> {
             println!("{}", path.display());
             Ok(0)
         }
-        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json } => {
+        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, fields, template, language, max_seq_len, batch_size, device, dtype, json } => {
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
-            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
+            let fields = fields.iter().map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN"))).collect::<Result<_>>()?;
+            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), fields, &template, language.as_deref(), max_seq_len, batch_size)?;
             let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-mod benchmark;
+pub mod benchmark;
 pub use benchmark::BenchmarkSection;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

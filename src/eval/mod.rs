@@ -8,6 +8,7 @@
 pub mod items;
 pub mod loss;
 pub mod mc;
+pub mod mc_formats;
 pub mod metrics;
 pub mod qa;
 pub mod task;

@@ -1,8 +1,9 @@
 //! A benchmark with its data read and tokenized, and its scoring: held-out loss, multiple choice or QA.
 
-use super::items::{read_mc, read_qa, McItem, QaItem};
+use super::items::{read_qa, QaItem};
 use super::loss::evaluate_by_language;
-use super::mc::{score_mc, McStyle};
+use super::mc::{score_mc, McDoc, McStyle, ShotSource};
+use super::mc_formats::{read_docs, Source};
 use super::qa::{run_qa, score_qa_items};
 use crate::data::batch::Example;
 use crate::lora::Adapter;
@@ -12,7 +13,7 @@ use anyhow::Result;
 /// A task with its data read and tokenized.
 pub enum Task {
     Loss { examples: Vec<Example>, languages: Vec<String>, batch_size: usize },
-    Mc { items: Vec<McItem>, dev: Vec<McItem>, shots: usize, style: McStyle, batch_size: usize },
+    Mc { items: Vec<McDoc>, examples: Vec<McDoc>, shots: usize, source: ShotSource, batch_size: usize },
     Qa { items: Vec<QaItem>, dev: Vec<QaItem>, shots: usize, max_new_tokens: usize, batch_size: usize },
 }
 
@@ -23,7 +24,7 @@ impl Task {
         let what = || format!("{} {}", spec.task, spec.path.display());
         Ok(match spec.task.as_str() {
             "loss" => {
-                let format = crate::data::format::Format::parse(&spec.format)?;
+                let format = crate::data::format::Format::parse(spec.format())?;
                 let records = crate::data::pipeline::read_file(&spec.path, format, spec.language.clone()).with_context(what)?;
                 let encoder = session.text.encoder(&spec.template, spec.max_seq_len, crate::data::TrainOn::Response)?;
                 Task::Loss {
@@ -32,16 +33,18 @@ impl Task {
                     batch_size: spec.batch_size,
                 }
             }
-            "mc" => Task::Mc {
-                items: read_mc(&spec.path).with_context(what)?.into_iter().map(|mut it| {
-                    it.language = it.language.or_else(|| spec.language.clone());
-                    it
-                }).collect(),
-                dev: spec.dev.as_deref().map(read_mc).transpose().with_context(what)?.unwrap_or_default(),
-                shots: spec.shots,
-                style: if spec.style == "letters" { McStyle::Letters } else { McStyle::Continuation },
-                batch_size: spec.batch_size,
-            },
+            "mc" => {
+                let style = if spec.style == "letters" { McStyle::Letters } else { McStyle::Continuation };
+                let read = |path: &std::path::Path| read_docs(spec.format(), &Source { path, fields: &spec.fields, style, language: spec.language.as_deref() }).with_context(what);
+                let items = read(&spec.path)?;
+                // lm-eval leaves an item out of its own examples when they come from the scored split (MMMLU's only).
+                let (examples, source) = match &spec.dev {
+                    Some(dev) if dev != &spec.path => (read(dev)?, ShotSource::Dev),
+                    _ if spec.shots == 0 => (Vec::new(), ShotSource::Dev),
+                    _ => (items.clone(), ShotSource::Test),
+                };
+                Task::Mc { items, examples, shots: spec.shots, source, batch_size: spec.batch_size }
+            }
             _ => Task::Qa {
                 items: read_qa(&spec.path).with_context(what)?.into_iter().map(|mut it| {
                     it.language = it.language.or_else(|| spec.language.clone());
@@ -56,7 +59,7 @@ impl Task {
     }
 
     /// The task's metrics as JSON: loss → {loss, perplexity, tokens, examples, languages}; mc → {acc, acc_norm,
-    /// items}; qa → {exact_match, f1, contains, number, items}.
+    /// items, subjects (when the items carry subjects)}; qa → {exact_match, f1, contains, number, items}.
     pub fn run(&self, session: &crate::session::Session, adapter: Option<&Adapter>) -> Result<serde_json::Value> {
         Ok(self.run_items(session, adapter)?.0)
     }
@@ -79,8 +82,8 @@ impl Task {
         };
         Ok(match self {
             Task::Loss { examples, languages, batch_size } => (serde_json::to_value(evaluate_by_language(model, adapter, examples, languages, *batch_size, text.pad_id)?)?, Vec::new()),
-            Task::Mc { items, dev, shots, style, batch_size } => {
-                let mut r = score_mc(model, adapter, &text.tokenizer, items, dev, *shots, *style, *batch_size)?;
+            Task::Mc { items, examples, shots, source, batch_size } => {
+                let mut r = score_mc(model, adapter, &text.tokenizer, items, examples, *shots, *source, *batch_size)?;
                 r.loglikelihoods.clear();
                 let lines = items.iter().zip(&r.item_scores).enumerate().map(|(i, (it, (acc, norm)))| about(i, &it.id, &it.language, json!({ "acc": acc, "acc_norm": norm }))).collect();
                 (serde_json::to_value(r)?, lines)
