@@ -34,7 +34,7 @@ fn choice_loglikelihoods_match_transformers() {
         let s = Session::open(root.join("models").join(name).to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
         let adapter = Adapter::load_peft(&root.join("adapters").join(name), &s.model.cfg, &Device::Cpu).unwrap();
         for (style_name, style) in [("continuation", McStyle::Continuation), ("letters", McStyle::Letters)] {
-            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &dev, 1, style, 5).unwrap();
+            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &dev, 1, style, &trainer::eval::prompt::PromptTemplate::None, 5).unwrap();
             let want = styles[style_name].as_array().unwrap();
             for (i, (ours, theirs)) in r.loglikelihoods.iter().zip(want).enumerate() {
                 for (c, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {

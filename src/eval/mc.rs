@@ -3,6 +3,7 @@
 
 use super::items::McItem;
 use super::progress;
+use super::prompt::{example_turn, render, Message, PromptTemplate};
 use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
@@ -57,16 +58,16 @@ fn norm_argmax(ll: &[f64], choices: &[String]) -> usize {
     norm.iter().enumerate().fold(0, |best, (i, &x)| if x > norm[best] { i } else { best })
 }
 
-/// The k-shot context of an item: the first `shots` dev items with their answers, then the question.
-pub fn mc_context(item: &McItem, dev: &[McItem], shots: usize, style: McStyle) -> String {
-    let mut s = String::new();
-    for d in dev.iter().take(shots) {
-        s.push_str(&mc_question(d, style));
-        s.push_str(&mc_continuation(d, d.answer, style));
-        s.push_str("\n\n");
-    }
-    s.push_str(&mc_question(item, style));
-    s
+/// The k-shot context of an item as messages: the first `shots` dev items with their answers, then the question.
+pub fn mc_messages(item: &McItem, dev: &[McItem], shots: usize, style: McStyle) -> Vec<Message> {
+    let mut m: Vec<Message> = dev.iter().take(shots).flat_map(|d| example_turn(&mc_question(d, style), &mc_choice(d, d.answer, style), " ", "\n\n")).collect();
+    m.push(Message::user(mc_question(item, style), ""));
+    m
+}
+
+/// The k-shot context of an item under `template` (plain text for [`PromptTemplate::None`]).
+pub fn mc_context(item: &McItem, dev: &[McItem], shots: usize, style: McStyle, template: &PromptTemplate) -> Result<String> {
+    render(&mc_messages(item, dev, shots, style), template)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,7 +85,7 @@ pub struct McResult {
 }
 
 /// Scores every choice by the log-likelihood of its continuation given the context.
-pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, items: &[McItem], dev: &[McItem], shots: usize, style: McStyle, batch_size: usize) -> Result<McResult> {
+pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, items: &[McItem], dev: &[McItem], shots: usize, style: McStyle, template: &PromptTemplate, batch_size: usize) -> Result<McResult> {
     if shots > dev.len() {
         bail!("{shots}-shot prompts need {shots} dev items, the dev split has {}", dev.len());
     }
@@ -92,7 +93,7 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, i
     // continuation's tokens being the targets.
     let mut examples = Vec::new();
     for item in items {
-        let ctx = tok.encode(&mc_context(item, dev, shots, style), true)?;
+        let ctx = super::prompt::encode(&mc_context(item, dev, shots, style, template)?, tok)?;
         for i in 0..item.choices.len() {
             let cont = tok.encode(&mc_continuation(item, i, style), false)?;
             let mut ids = ctx.clone();
@@ -147,8 +148,8 @@ mod tests {
     fn k_shot_contexts_put_dev_answers_before_the_question() {
         let item = |q: &str, a: usize| McItem { question: q.into(), choices: vec!["yes".into(), "no".into()], answer: a, ..Default::default() };
         let dev = vec![item("d1", 1), item("d2", 0)];
-        assert_eq!(mc_context(&item("q", 0), &dev, 1, McStyle::Continuation), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
-        assert_eq!(mc_context(&item("q", 0), &dev, 0, McStyle::Letters), "q\nA. yes\nB. no\nAnswer:");
+        assert_eq!(mc_context(&item("q", 0), &dev, 1, McStyle::Continuation, &PromptTemplate::None).unwrap(), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
+        assert_eq!(mc_context(&item("q", 0), &dev, 0, McStyle::Letters, &PromptTemplate::None).unwrap(), "q\nA. yes\nB. no\nAnswer:");
         assert_eq!(mc_continuation(&item("q", 0), 1, McStyle::Letters), " B");
     }
 }

@@ -21,14 +21,22 @@ pub struct BenchmarkSection {
     /// mc: "continuation" or "letters".
     #[serde(default = "continuation")]
     pub style: String,
-    /// qa: answer length limit.
-    #[serde(default = "sixty_four")]
-    pub max_new_tokens: usize,
-    /// loss: the file's format and template, and its language when the records carry none.
-    #[serde(default = "alpaca")]
-    pub format: String,
-    #[serde(default = "alpaca")]
-    pub template: String,
+    /// qa: answer length limit; default 64 for the generic format, 256 (lm-eval's `max_gen_toks`) for the
+    /// benchmark formats.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// The file's format: loss → a training-data format (default alpaca); qa → one of [`QA_FORMATS`] (default
+    /// generic).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// loss: the training template (default alpaca). mc / qa: the template the prompt is wrapped in, one of
+    /// [`PROMPT_TEMPLATES`] (default none: lm-eval's plain prompt for base models).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Renamed columns of a benchmark format: logical field → the file's (dotted) column path.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// The file's language when the records carry none.
     pub language: Option<String>,
     #[serde(default = "five_twelve")]
     pub max_seq_len: usize,
@@ -46,12 +54,12 @@ pub struct BenchmarkSection {
 fn continuation() -> String {
     "continuation".into()
 }
-fn sixty_four() -> usize {
-    64
-}
-fn alpaca() -> String {
-    "alpaca".into()
-}
+/// `--format` of `--task qa`: our `{question, answer}` files, and benchmarks in their Hugging Face layouts scored
+/// as lm-evaluation-harness's tasks of the same name.
+pub const QA_FORMATS: [&str; 5] = ["generic", "xquad", "tydiqa", "mgsm_direct", "mgsm_native_cot"];
+/// `--template` of mc / qa tasks.
+pub const PROMPT_TEMPLATES: [&str; 6] = ["none", "alpaca", "chatml", "gemma", "llama2-chat", "model"];
+
 fn five_twelve() -> usize {
     512
 }
@@ -61,7 +69,7 @@ fn eight() -> usize {
 
 impl BenchmarkSection {
     #[allow(clippy::too_many_arguments)]
-    pub fn parse(task: &str, data: &std::path::Path, dev: Option<&std::path::Path>, shots: usize, style: &str, max_new_tokens: usize, format: &str, template: &str, language: Option<&str>, max_seq_len: usize, batch_size: usize) -> Result<Self> {
+    pub fn parse(task: &str, data: &std::path::Path, dev: Option<&std::path::Path>, shots: usize, style: &str, max_new_tokens: Option<usize>, format: Option<&str>, template: Option<&str>, fields: std::collections::BTreeMap<String, String>, language: Option<&str>, max_seq_len: usize, batch_size: usize) -> Result<Self> {
         let spec = BenchmarkSection {
             name: String::new(),
             task: task.into(),
@@ -70,8 +78,9 @@ impl BenchmarkSection {
             shots,
             style: style.into(),
             max_new_tokens,
-            format: format.into(),
-            template: template.into(),
+            format: format.map(Into::into),
+            template: template.map(Into::into),
+            fields,
             language: language.map(str::to_string),
             max_seq_len,
             batch_size,
@@ -100,9 +109,35 @@ impl BenchmarkSection {
         if let Some(f) = &self.form {
             anyhow::ensure!(["structured", "generative"].contains(&f.as_str()), "form must be structured or generative, not `{f}`");
         }
-        crate::data::format::Format::parse(&self.format)?;
-        anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens > 0, "batch_size, max_seq_len and max_new_tokens must be positive");
+        match self.task.as_str() {
+            "loss" => {
+                crate::data::format::Format::parse(self.format_name())?;
+                anyhow::ensure!(self.fields.is_empty(), "fields renames a benchmark format's columns; loss files take theirs from the data format");
+            }
+            "qa" => anyhow::ensure!(QA_FORMATS.contains(&self.format_name()), "unknown qa format `{}` (known: {})", self.format_name(), QA_FORMATS.join(", ")),
+            _ => anyhow::ensure!(self.format.is_none() && self.fields.is_empty(), "mc tasks have no format or fields yet"),
+        }
+        if self.task != "loss" && !PROMPT_TEMPLATES.contains(&self.template_name()) {
+            anyhow::bail!("unknown template `{}` for a {} task (known: {})", self.template_name(), self.task, PROMPT_TEMPLATES.join(", "));
+        }
+        anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens != Some(0), "batch_size, max_seq_len and max_new_tokens must be positive");
         Ok(())
+    }
+
+    /// The format as set, else the task's default: alpaca for loss, generic for mc and qa.
+    pub fn format_name(&self) -> &str {
+        self.format.as_deref().unwrap_or(if self.task == "loss" { "alpaca" } else { "generic" })
+    }
+
+    /// The template as set, else the task's default: alpaca for loss (the training template), none for mc and qa
+    /// (lm-eval's plain prompt).
+    pub fn template_name(&self) -> &str {
+        self.template.as_deref().unwrap_or(if self.task == "loss" { "alpaca" } else { "none" })
+    }
+
+    /// The answer length limit as set, else 64 for the generic qa format and lm-eval's 256 for benchmark formats.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens.unwrap_or(if self.format_name() == "generic" { 64 } else { 256 })
     }
 
     /// The benchmark's form: as set, else structured for mc, generative for qa, none for loss.
