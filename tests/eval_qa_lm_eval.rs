@@ -118,3 +118,73 @@ fn renamed_and_missing_columns() {
     let err = read_bench(&path, QaFormat::Tydiqa, &BTreeMap::new(), None).unwrap_err().to_string();
     assert!(err.contains("no tydiqa_goldp task for `japanese`"), "{err}");
 }
+
+fn task_format(task: &str) -> (QaFormat, String) {
+    let (prefix, lang) = task.rsplit_once('_').unwrap();
+    let format = match prefix {
+        "xquad" => QaFormat::Xquad,
+        "tydiqa_goldp" => QaFormat::Tydiqa,
+        "mgsm_direct" => QaFormat::MgsmDirect,
+        "mgsm_native_cot" => QaFormat::MgsmNativeCot,
+        other => panic!("{other}"),
+    };
+    (format, lang.to_string())
+}
+
+fn task_items(want: &Value, task: &str) -> (QaFormat, Vec<trainer::eval::qa_formats::BenchItem>, Vec<trainer::eval::qa_formats::BenchItem>) {
+    let run = want["runs"].as_array().unwrap().iter().find(|r| r["task"] == task).unwrap();
+    let (format, lang) = task_format(task);
+    let read = |p: &str| read_bench(&repo().join(p), format, &BTreeMap::new(), (format != QaFormat::Tydiqa).then_some(lang.as_str())).unwrap();
+    let items = read(run["data"].as_str().unwrap()).into_iter().filter(|it| it.language == lang).collect();
+    (format, items, run["dev"].as_str().map(read).unwrap_or_default())
+}
+
+/// Hand-written answers (references with extra words, punctuation, articles; multi-paragraph chain of thought)
+/// through each task's own filters and process_results in lm-eval, and through ours: the same filtered answers and
+/// exactly the same exact match and F1.
+#[test]
+fn hand_written_answers_score_as_lm_eval() {
+    let want = expected();
+    let checks = want["metric_checks"].as_array().unwrap();
+    assert!(checks.len() > 50);
+    let (mut nonzero_em, mut partial_f1) = (0, 0);
+    for c in checks {
+        let task = c["task"].as_str().unwrap();
+        let (format, items, _) = task_items(&want, task);
+        let it = &items[c["doc_id"].as_u64().unwrap() as usize];
+        let answer = c["answer"].as_str().unwrap();
+        let (em, f1) = format.score(it, answer);
+        let filtered = format.filtered(answer, &it.language);
+        let what = format!("{task} item {} answer {answer:?}", c["doc_id"]);
+        if format.filters().is_empty() {
+            let f = &c["filters"]["none"];
+            assert_eq!((em[0], f1), (num(&f["exact_match"]), Some(num(&f["f1"]))), "{what}");
+            partial_f1 += (0.0 < f1.unwrap() && f1.unwrap() < 1.0) as usize;
+        } else {
+            for (i, name) in format.filters().iter().enumerate() {
+                let f = &c["filters"][*name];
+                assert_eq!((filtered[i].as_str(), em[i]), (f["filtered"].as_str().unwrap(), num(&f["exact_match"])), "{what} {name}");
+            }
+        }
+        nonzero_em += (em[0] > 0.0) as usize;
+    }
+    assert!(nonzero_em > 10 && partial_f1 > 5, "the checks exercise matches and partial overlaps ({nonzero_em}, {partial_f1})");
+}
+
+/// `--template chatml`: prompts as lm-eval's `--apply_chat_template` builds them (few-shot examples as turns,
+/// simple_evaluate's default `fewshot_as_multiturn`) with the same template on the tokenizer.
+#[test]
+fn chat_template_prompts_equal_lm_eval() {
+    let want = expected();
+    let tok = trainer::tokenizer::TextTokenizer::from_files(&repo().join("tests/fixtures/models/llama-gqa/tokenizer.json"), Some(&repo().join("tests/fixtures/models/llama-gqa/tokenizer_config.json"))).unwrap();
+    let template = PromptTemplate::parse("chatml", &tok).unwrap();
+    let cases = want["chat_prompts"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        let task = c["task"].as_str().unwrap();
+        let (format, items, dev) = task_items(&want, task);
+        let messages = trainer::eval::qa_formats::prompts(format, &items, &dev, c["shots"].as_u64().unwrap() as usize).unwrap();
+        let ours = trainer::eval::prompt::render(&messages[c["doc_id"].as_u64().unwrap() as usize], &template).unwrap();
+        assert_eq!(ours, c["prompt"].as_str().unwrap(), "{task} item {}", c["doc_id"]);
+    }
+}
