@@ -117,6 +117,12 @@ fn renamed_and_missing_columns() {
     std::fs::write(&path, "{\"id\": \"japanese-1\", \"title\": \"t\", \"context\": \"C\", \"question\": \"Q\", \"answers\": {\"text\": [\"a\"]}}\n").unwrap();
     let err = read_bench(&path, QaFormat::Tydiqa, &BTreeMap::new(), None).unwrap_err().to_string();
     assert!(err.contains("no tydiqa_goldp task for `japanese`"), "{err}");
+    // `language` picks one language of a TyDi QA file.
+    let tydi = repo().join("data/benchmarks/tydiqa/tydiqa-goldp.validation.jsonl");
+    let ru = read_bench(&tydi, QaFormat::Tydiqa, &BTreeMap::new(), Some("ru")).unwrap();
+    assert_eq!(ru.iter().map(|it| it.id.clone().unwrap()).collect::<Vec<_>>(), ["russian-2001", "russian-2002"]);
+    assert_eq!(read_bench(&tydi, QaFormat::Tydiqa, &BTreeMap::new(), None).unwrap().len(), 6);
+    assert!(read_bench(&tydi, QaFormat::Tydiqa, &BTreeMap::new(), Some("fi")).unwrap_err().to_string().contains("no items in language `fi`"));
 }
 
 fn task_format(task: &str) -> (QaFormat, String) {

@@ -218,8 +218,8 @@ fn text_of(v: &Value) -> Option<String> {
 }
 
 /// Reads a benchmark file (JSON, JSONL or parquet as downloaded). `fields` renames columns (logical name → dotted
-/// path); `language` is the items' language where the rows do not say it (xquad and mgsm files are one language
-/// each; TyDi QA's ids start with the language's name).
+/// path); `language` is the items' language (xquad and mgsm files are one language each); TyDi QA's ids start with
+/// the language's name, and there `language` keeps only that language's rows.
 pub fn read_bench(path: &Path, format: QaFormat, fields: &BTreeMap<String, String>, language: Option<&str>) -> Result<Vec<BenchItem>> {
     for k in fields.keys() {
         if !format.fields().iter().any(|(f, _)| f == k) {
@@ -267,7 +267,7 @@ pub fn read_bench(path: &Path, format: QaFormat, fields: &BTreeMap<String, Strin
             }
         }
         it.language = match (format, language) {
-            (QaFormat::Tydiqa, None) => {
+            (QaFormat::Tydiqa, _) => {
                 let id = it.id.as_deref().with_context(|| format!("{loc}: TyDi QA rows need an `{}` starting with the language (english-…)", col_or(fields, "id")))?;
                 let name = id.split('-').next().unwrap_or_default();
                 TYDIQA.iter().find(|t| t.1 == name).map(|t| t.0.to_string()).with_context(|| {
@@ -280,7 +280,13 @@ pub fn read_bench(path: &Path, format: QaFormat, fields: &BTreeMap<String, Strin
         if !format.languages().contains(&it.language.as_str()) {
             bail!("{loc}: lm-eval has no task of this format in language `{}` (languages: {})", it.language, format.languages().join(", "));
         }
-        out.push(it);
+        // A TyDi QA file holds every language; `language` picks one, as lm-eval's tydiqa_goldp_<lang> does.
+        if format != QaFormat::Tydiqa || language.is_none_or(|l| l == it.language) {
+            out.push(it);
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no items{}", path.display(), language.map(|l| format!(" in language `{l}`")).unwrap_or_default());
     }
     Ok(out)
 }

@@ -118,7 +118,7 @@ impl BenchmarkSection {
             _ => anyhow::ensure!(self.format.is_none() && self.fields.is_empty(), "mc tasks have no format or fields yet"),
         }
         if self.task != "loss" && !PROMPT_TEMPLATES.contains(&self.template_name()) {
-            anyhow::bail!("unknown template `{}` for a {} task (known: {})", self.template_name(), self.task, PROMPT_TEMPLATES.join(", "));
+            anyhow::bail!("unknown template `{}` for task {} (known: {})", self.template_name(), self.task, PROMPT_TEMPLATES.join(", "));
         }
         anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens != Some(0), "batch_size, max_seq_len and max_new_tokens must be positive");
         Ok(())
@@ -152,5 +152,30 @@ impl BenchmarkSection {
     /// What the report needs to know of the benchmark, stored under `spec` in its run.json result.
     pub fn about(&self) -> serde_json::Value {
         serde_json::json!({ "task": self.task, "language": self.language, "origin_type": self.origin_type, "form": self.form() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str, task: &str) -> Result<BenchmarkSection> {
+        let s: BenchmarkSection = toml::from_str(&format!("task = \"{task}\"\npath = \"x.jsonl\"\n{extra}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn format_template_and_length_defaults_depend_on_the_task() {
+        let loss = section("", "loss").unwrap();
+        assert_eq!((loss.format_name(), loss.template_name()), ("alpaca", "alpaca"));
+        let qa = section("", "qa").unwrap();
+        assert_eq!((qa.format_name(), qa.template_name(), qa.max_new_tokens()), ("generic", "none", 64));
+        let mgsm = section("format = \"mgsm_native_cot\"\ntemplate = \"chatml\"\nfields = { question = \"q\" }", "qa").unwrap();
+        assert_eq!((mgsm.template_name(), mgsm.max_new_tokens(), mgsm.fields["question"].as_str()), ("chatml", 256, "q"));
+        let e = section("format = \"alpaca\"", "qa").unwrap_err().to_string();
+        assert!(e.contains("unknown qa format `alpaca` (known: generic, xquad, tydiqa, mgsm_direct, mgsm_native_cot)"), "{e}");
+        assert!(section("fields = { a = \"b\" }", "loss").is_err());
+        assert!(section("template = \"model\"", "mc").is_ok());
     }
 }
