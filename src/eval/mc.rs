@@ -85,6 +85,7 @@ pub struct McResult {
 }
 
 /// Scores every choice by the log-likelihood of its continuation given the context.
+#[allow(clippy::too_many_arguments)]
 pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, items: &[McItem], dev: &[McItem], shots: usize, style: McStyle, template: &PromptTemplate, batch_size: usize) -> Result<McResult> {
     if shots > dev.len() {
         bail!("{shots}-shot prompts need {shots} dev items, the dev split has {}", dev.len());

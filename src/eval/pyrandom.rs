@@ -128,6 +128,11 @@ impl PyRandom {
 mod tests {
     use super::*;
 
+    const PY_U32: [u32; 3] = [4150886329, 3342196574, 1892932127];
+    const PY_SAMPLE_10_3: [usize; 3] = [7, 1, 0];
+    const PY_SAMPLE_40_4_A: [usize; 4] = [28, 7, 0, 5];
+    const PY_SAMPLE_40_4_B: [usize; 4] = [37, 2, 5, 6];
+
     /// Values printed by CPython 3.11: `r = random.Random(1234); [r.getrandbits(32) for _ in range(3)]`, then
     /// `random.Random(1234).sample(range(10), 3)` and, from one generator, `sample(range(40), 4)` twice.
     #[test]
@@ -140,11 +145,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-const PY_U32: [u32; 3] = [4150886329, 3342196574, 1892932127];
-#[cfg(test)]
-const PY_SAMPLE_10_3: [usize; 3] = [7, 1, 0];
-#[cfg(test)]
-const PY_SAMPLE_40_4_A: [usize; 4] = [28, 7, 0, 5];
-#[cfg(test)]
-const PY_SAMPLE_40_4_B: [usize; 4] = [37, 2, 5, 6];

@@ -77,6 +77,7 @@ pub fn qa_prompt(item: &QaItem, dev: &[QaItem], shots: usize) -> String {
 }
 
 /// Generates greedy answers (up to a blank line or a new "Question:") and scores them.
+#[allow(clippy::too_many_arguments)]
 pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos: u32, pad: u32, items: &[QaItem], dev: &[QaItem], shots: usize, template: &PromptTemplate, max_new_tokens: usize, batch_size: usize) -> Result<(QaResult, Vec<String>)> {
     if shots > dev.len() {
         bail!("{shots}-shot prompts need {shots} dev items, the dev split has {}", dev.len());
