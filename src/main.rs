@@ -172,19 +172,21 @@ enum Command {
         /// mc: continuation (each choice's text is scored) or letters (MMLU-style A/B/C/D).
         #[arg(long, default_value = "continuation")]
         style: String,
-        /// qa: answer length limit.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// The data file's layout. loss: a training-data format (default alpaca); mc: generic (default), cmmlu,
-        /// ceval, mmlu, okapi, mmmlu, arc or hellaswag (each benchmark's released columns, scored as lm-eval does).
+        /// qa: answer length limit (default 64 for the generic format, 256 as lm-eval for benchmark formats).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// loss: the data file's format (default alpaca). mc: generic (default), cmmlu, ceval, mmlu, okapi, mmmlu,
+        /// arc or hellaswag; qa: generic (default), xquad, tydiqa, mgsm_direct or mgsm_native_cot (each benchmark's
+        /// released columns, scored as lm-eval's task).
         #[arg(long)]
         format: Option<String>,
-        /// mc: a column named otherwise than in the format's release, as FIELD=COLUMN (repeatable).
+        /// loss: the training template (default alpaca). mc / qa: none (default, lm-eval's plain prompt), alpaca,
+        /// chatml, gemma, llama2-chat or model (the tokenizer's chat template, as lm-eval's --apply_chat_template).
+        #[arg(long)]
+        template: Option<String>,
+        /// Benchmark formats: a renamed column, FIELD=COLUMN (dotted paths reach nested columns); repeatable.
         #[arg(long = "field", value_name = "FIELD=COLUMN")]
         fields: Vec<String>,
-        /// loss: the prompt template.
-        #[arg(long, default_value = "alpaca")]
-        template: String,
         /// loss: the data file's language, for the per-language result (default: the records' own).
         #[arg(long)]
         language: Option<String>,
@@ -308,12 +310,15 @@ fn real_main() -> Result<i32> {
             println!("{}", path.display());
             Ok(0)
         }
-        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, fields, template, language, max_seq_len, batch_size, device, dtype, json } => {
+        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, fields, language, max_seq_len, batch_size, device, dtype, json } => {
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
+            let fields = fields
+                .iter()
+                .map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN")))
+                .collect::<Result<_>>()?;
+            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), template.as_deref(), fields, language.as_deref(), max_seq_len, batch_size)?;
             let session = Session::open(&model, None, dtype, &device)?;
-            let fields = fields.iter().map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN"))).collect::<Result<_>>()?;
-            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), fields, &template, language.as_deref(), max_seq_len, batch_size)?;
             let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();

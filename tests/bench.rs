@@ -35,7 +35,7 @@ fn choice_loglikelihoods_match_transformers() {
         let adapter = Adapter::load_peft(&root.join("adapters").join(name), &s.model.cfg, &Device::Cpu).unwrap();
         for (style_name, style) in [("continuation", McStyle::Continuation), ("letters", McStyle::Letters)] {
             let docs = |v: &[trainer::eval::items::McItem]| v.iter().map(|i| i.to_doc(style)).collect::<Vec<McDoc>>();
-            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &docs(&items), &docs(&dev), 1, ShotSource::Dev, 5).unwrap();
+            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &docs(&items), &docs(&dev), 1, ShotSource::Dev, &trainer::eval::prompt::PromptTemplate::None, 5).unwrap();
             let want = styles[style_name].as_array().unwrap();
             for (i, (ours, theirs)) in r.loglikelihoods.iter().zip(want).enumerate() {
                 for (c, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {

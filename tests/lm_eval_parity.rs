@@ -17,13 +17,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+use trainer::eval::prompt::PromptTemplate;
+
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/lm_eval/mc_expected.json")).unwrap()).unwrap()
 }
 
 fn spec(run: &Value) -> BenchmarkSection {
     let dev = run["dev"].as_str().map(|d| repo().join(d));
-    BenchmarkSection::parse("mc", &repo().join(run["data"].as_str().unwrap()), dev.as_deref(), run["shots"].as_u64().unwrap() as usize, "continuation", 8, run["format"].as_str(), Default::default(), "alpaca", run["language"].as_str(), 512, 4).unwrap()
+    BenchmarkSection::parse("mc", &repo().join(run["data"].as_str().unwrap()), dev.as_deref(), run["shots"].as_u64().unwrap() as usize, "continuation", Some(8), run["format"].as_str(), None, Default::default(), run["language"].as_str(), 512, 4).unwrap()
 }
 
 #[test]
@@ -36,15 +38,15 @@ fn every_format_scores_as_lm_eval_does() {
     assert!(runs.len() >= 18, "every format at 0 and 2 shots");
     for run in runs {
         let what = format!("{} {}-shot", run["name"].as_str().unwrap(), run["shots"]);
-        let Task::Mc { items, examples, shots, source, batch_size } = Task::load(&spec(run), &s).unwrap() else { panic!("{what}: not an mc task") };
+        let Task::Mc { items, examples, shots, source, batch_size, .. } = Task::load(&spec(run), &s).unwrap() else { panic!("{what}: not an mc task") };
         let theirs = run["per_item"].as_array().unwrap();
         assert_eq!(items.len(), theirs.len(), "{what}: items");
-        for (i, (ctx, t)) in contexts(&items, &examples, shots, source).unwrap().iter().zip(theirs).enumerate() {
+        for (i, (ctx, t)) in contexts(&items, &examples, shots, source, &PromptTemplate::None).unwrap().iter().zip(theirs).enumerate() {
             assert_eq!(ctx, t["context"].as_str().unwrap(), "{what} item {i}: context");
             let conts: Vec<String> = items[i].choices.iter().map(|c| format!(" {c}")).collect();
             assert_eq!(serde_json::json!(conts), t["continuations"], "{what} item {i}: continuations");
         }
-        let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &examples, shots, source, batch_size).unwrap();
+        let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &examples, shots, source, &PromptTemplate::None, batch_size).unwrap();
         for (i, (ours, t)) in r.loglikelihoods.iter().zip(theirs).enumerate() {
             let lls = t["loglikelihoods"].as_array().unwrap();
             assert_eq!(ours.len(), lls.len(), "{what} item {i}: choices");

@@ -7,6 +7,7 @@
 
 use super::items::McItem;
 use super::progress;
+use super::prompt::{example_turn, render, Message, PromptTemplate};
 use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
@@ -115,9 +116,22 @@ pub fn mc_context(doc: &McDoc, shots: &[&McDoc]) -> String {
     s
 }
 
+/// The k-shot context of `doc` under a template: as lm-eval's `fewshot_as_multiturn`, each example a user turn
+/// (its text) and an assistant turn (its right choice), then the item's text as the last user turn; the task's
+/// description leads the first turn. Without a template this is [`mc_context`].
+pub fn mc_context_in(doc: &McDoc, shots: &[&McDoc], template: &PromptTemplate) -> Result<String> {
+    if matches!(template, PromptTemplate::None) {
+        return Ok(mc_context(doc, shots));
+    }
+    let mut messages: Vec<Message> = shots.iter().flat_map(|d| example_turn(&d.text, &d.choices[d.answer], TARGET_DELIMITER, FEWSHOT_DELIMITER)).collect();
+    messages.push(Message::user(doc.text.clone(), ""));
+    messages[0].content.insert_str(0, &doc.description);
+    render(&messages, template)
+}
+
 /// Every doc's k-shot context (as [`score_mc`] scores them).
-pub fn contexts(docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource) -> Result<Vec<String>> {
-    docs.iter().map(|d| Ok(mc_context(d, &shots_for(d, examples, shots, source)?))).collect()
+pub fn contexts(docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate) -> Result<Vec<String>> {
+    docs.iter().map(|d| mc_context_in(d, &shots_for(d, examples, shots, source)?, template)).collect()
 }
 
 /// Context and continuation tokens as lm-eval's causal HF model makes them (`_encode_pair`): trailing whitespace of
@@ -126,8 +140,10 @@ pub fn contexts(docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSo
 pub fn encode_pair(tok: &TextTokenizer, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
     let trimmed = context.trim_end();
     let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
-    let whole = tok.encode(&format!("{context}{continuation}"), true)?;
-    let ctx = tok.encode(context, true)?;
+    // A chat template may have written the BOS token itself (as in lm-eval's HF model, it is not added twice).
+    let special = !tok.bos_token.as_deref().is_some_and(|b| !b.is_empty() && context.starts_with(b));
+    let whole = tok.encode(&format!("{context}{continuation}"), special)?;
+    let ctx = tok.encode(context, special)?;
     let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
     if cont.is_empty() {
         bail!("the continuation {continuation:?} adds no token after its context");
@@ -175,10 +191,10 @@ pub struct McResult {
 
 /// Scores every choice of every doc by the log-likelihood of its continuation given the doc's k-shot context.
 #[allow(clippy::too_many_arguments)]
-pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, batch_size: usize) -> Result<McResult> {
+pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate, batch_size: usize) -> Result<McResult> {
     // One example per (doc, choice); the continuation's tokens are the targets.
     let mut seqs = Vec::new();
-    for (doc, context) in docs.iter().zip(contexts(docs, examples, shots, source)?) {
+    for (doc, context) in docs.iter().zip(contexts(docs, examples, shots, source, template)?) {
         for choice in &doc.choices {
             let (ctx, cont) = encode_pair(tok, &context, &format!("{TARGET_DELIMITER}{choice}"))?;
             let is_target = (0..ctx.len() + cont.len()).map(|k| k >= ctx.len()).collect();

@@ -21,19 +21,22 @@ pub struct BenchmarkSection {
     /// mc: "continuation" or "letters".
     #[serde(default = "continuation")]
     pub style: String,
-    /// qa: answer length limit.
-    #[serde(default = "sixty_four")]
-    pub max_new_tokens: usize,
-    /// The file's layout. loss: a training-data format (default alpaca); mc: one of [`MC_FORMATS`] (default
-    /// generic); qa: generic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// qa: answer length limit; default 64 for the generic format, 256 (lm-eval's `max_gen_toks`) for the
+    /// benchmark formats.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// The file's format: loss → a training-data format (default alpaca); mc → one of [`MC_FORMATS`], qa → one of
+    /// [`QA_FORMATS`] (default generic).
+    #[serde(default)]
     pub format: Option<String>,
-    /// mc: columns of the file named otherwise than in the format's release, as {field = "column"}.
+    /// loss: the training template (default alpaca). mc / qa: the template the prompt is wrapped in, one of
+    /// [`PROMPT_TEMPLATES`] (default none: lm-eval's plain prompt for base models).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Renamed columns of a benchmark format: logical field → the file's (dotted) column path.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
-    /// loss: the prompt template; and the file's language when the records carry none.
-    #[serde(default = "alpaca")]
-    pub template: String,
+    /// The file's language when the records carry none.
     pub language: Option<String>,
     #[serde(default = "five_twelve")]
     pub max_seq_len: usize,
@@ -47,6 +50,15 @@ pub struct BenchmarkSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
 }
+
+fn continuation() -> String {
+    "continuation".into()
+}
+/// `--format` of `--task qa`: our `{question, answer}` files, and benchmarks in their Hugging Face layouts scored
+/// as lm-evaluation-harness's tasks of the same name.
+pub const QA_FORMATS: [&str; 5] = ["generic", "xquad", "tydiqa", "mgsm_direct", "mgsm_native_cot"];
+/// `--template` of mc / qa tasks.
+pub const PROMPT_TEMPLATES: [&str; 6] = ["none", "alpaca", "chatml", "gemma", "llama2-chat", "model"];
 
 /// The multiple-choice formats (`task = "mc"`), the default first: our own `{question, choices, answer}`, then
 /// benchmarks in the columns of their Hugging Face releases, scored as lm-evaluation-harness's task of each.
@@ -67,15 +79,6 @@ pub fn mc_format_columns(format: &str) -> Option<&'static [(&'static str, &'stat
     })
 }
 
-fn continuation() -> String {
-    "continuation".into()
-}
-fn sixty_four() -> usize {
-    64
-}
-fn alpaca() -> String {
-    "alpaca".into()
-}
 fn five_twelve() -> usize {
     512
 }
@@ -85,7 +88,7 @@ fn eight() -> usize {
 
 impl BenchmarkSection {
     #[allow(clippy::too_many_arguments)]
-    pub fn parse(task: &str, data: &std::path::Path, dev: Option<&std::path::Path>, shots: usize, style: &str, max_new_tokens: usize, format: Option<&str>, fields: std::collections::BTreeMap<String, String>, template: &str, language: Option<&str>, max_seq_len: usize, batch_size: usize) -> Result<Self> {
+    pub fn parse(task: &str, data: &std::path::Path, dev: Option<&std::path::Path>, shots: usize, style: &str, max_new_tokens: Option<usize>, format: Option<&str>, template: Option<&str>, fields: std::collections::BTreeMap<String, String>, language: Option<&str>, max_seq_len: usize, batch_size: usize) -> Result<Self> {
         let spec = BenchmarkSection {
             name: String::new(),
             task: task.into(),
@@ -94,9 +97,9 @@ impl BenchmarkSection {
             shots,
             style: style.into(),
             max_new_tokens,
-            format: format.map(str::to_string),
+            format: format.map(Into::into),
+            template: template.map(Into::into),
             fields,
-            template: template.into(),
             language: language.map(str::to_string),
             max_seq_len,
             batch_size,
@@ -117,7 +120,7 @@ impl BenchmarkSection {
             anyhow::bail!("style must be continuation or letters, not `{}`", self.style);
         }
         // MMMLU has no dev split: lm-eval takes its examples from the scored file itself.
-        if self.task != "loss" && self.shots > 0 && self.dev.is_none() && self.format() != "mmmlu" {
+        if self.task != "loss" && self.shots > 0 && self.dev.is_none() && self.format_name() != "mmmlu" {
             anyhow::bail!("{}-shot prompts need a dev file", self.shots);
         }
         if let Some(o) = &self.origin_type {
@@ -128,33 +131,43 @@ impl BenchmarkSection {
         }
         match self.task.as_str() {
             "loss" => {
-                crate::data::format::Format::parse(self.format())?;
+                crate::data::format::Format::parse(self.format_name())?;
+                anyhow::ensure!(self.fields.is_empty(), "fields renames a benchmark format's columns; loss files take theirs from the data format");
             }
-            "mc" => {
-                let Some(columns) = mc_format_columns(self.format()) else {
-                    anyhow::bail!("unknown multiple-choice format `{}` (known: {})", self.format(), MC_FORMATS.join(", "));
+            "qa" => anyhow::ensure!(QA_FORMATS.contains(&self.format_name()), "unknown qa format `{}` (known: {})", self.format_name(), QA_FORMATS.join(", ")),
+            _ => {
+                let Some(columns) = mc_format_columns(self.format_name()) else {
+                    anyhow::bail!("unknown multiple-choice format `{}` (known: {})", self.format_name(), MC_FORMATS.join(", "));
                 };
                 for key in self.fields.keys() {
                     if !columns.iter().any(|(k, _)| k == key) {
                         let names: Vec<&str> = columns.iter().map(|(k, _)| *k).collect();
-                        anyhow::bail!("fields: format `{}` has no field `{key}` (its fields: {})", self.format(), names.join(", "));
+                        anyhow::bail!("fields: format `{}` has no field `{key}` (its fields: {})", self.format_name(), names.join(", "));
                     }
                 }
             }
-            _ => anyhow::ensure!(self.format() == "generic", "unknown qa format `{}` (known: generic)", self.format()),
         }
-        anyhow::ensure!(self.task == "mc" || self.fields.is_empty(), "fields rename the columns of multiple-choice formats (task = \"mc\")");
-        anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens > 0, "batch_size, max_seq_len and max_new_tokens must be positive");
+        if self.task != "loss" && !PROMPT_TEMPLATES.contains(&self.template_name()) {
+            anyhow::bail!("unknown template `{}` for task {} (known: {})", self.template_name(), self.task, PROMPT_TEMPLATES.join(", "));
+        }
+        anyhow::ensure!(self.batch_size > 0 && self.max_seq_len > 1 && self.max_new_tokens != Some(0), "batch_size, max_seq_len and max_new_tokens must be positive");
         Ok(())
     }
 
-    /// The file's format: as set, else alpaca for loss and generic for mc and qa.
-    pub fn format(&self) -> &str {
-        match &self.format {
-            Some(f) => f,
-            None if self.task == "loss" => "alpaca",
-            None => "generic",
-        }
+    /// The format as set, else the task's default: alpaca for loss, generic for mc and qa.
+    pub fn format_name(&self) -> &str {
+        self.format.as_deref().unwrap_or(if self.task == "loss" { "alpaca" } else { "generic" })
+    }
+
+    /// The template as set, else the task's default: alpaca for loss (the training template), none for mc and qa
+    /// (lm-eval's plain prompt).
+    pub fn template_name(&self) -> &str {
+        self.template.as_deref().unwrap_or(if self.task == "loss" { "alpaca" } else { "none" })
+    }
+
+    /// The answer length limit as set, else 64 for the generic qa format and lm-eval's 256 for benchmark formats.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens.unwrap_or(if self.format_name() == "generic" { 64 } else { 256 })
     }
 
     /// The benchmark's form: as set, else structured for mc, generative for qa, none for loss.
@@ -173,6 +186,31 @@ impl BenchmarkSection {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str, task: &str) -> Result<BenchmarkSection> {
+        let s: BenchmarkSection = toml::from_str(&format!("task = \"{task}\"\npath = \"x.jsonl\"\n{extra}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn format_template_and_length_defaults_depend_on_the_task() {
+        let loss = section("", "loss").unwrap();
+        assert_eq!((loss.format_name(), loss.template_name()), ("alpaca", "alpaca"));
+        let qa = section("", "qa").unwrap();
+        assert_eq!((qa.format_name(), qa.template_name(), qa.max_new_tokens()), ("generic", "none", 64));
+        let mgsm = section("format = \"mgsm_native_cot\"\ntemplate = \"chatml\"\nfields = { question = \"q\" }", "qa").unwrap();
+        assert_eq!((mgsm.template_name(), mgsm.max_new_tokens(), mgsm.fields["question"].as_str()), ("chatml", 256, "q"));
+        let e = section("format = \"alpaca\"", "qa").unwrap_err().to_string();
+        assert!(e.contains("unknown qa format `alpaca` (known: generic, xquad, tydiqa, mgsm_direct, mgsm_native_cot)"), "{e}");
+        assert!(section("fields = { a = \"b\" }", "loss").is_err());
+        assert!(section("template = \"model\"", "mc").is_ok());
+    }
+}
+
+#[cfg(test)]
 mod format_tests {
     use super::*;
 
@@ -184,9 +222,9 @@ mod format_tests {
 
     #[test]
     fn the_default_format_depends_on_the_task_and_fields_are_the_formats_own() {
-        assert_eq!(entry("").unwrap().format(), "generic");
+        assert_eq!(entry("").unwrap().format_name(), "generic");
         let loss: BenchmarkSection = toml::from_str("task = \"loss\"\npath = \"x.jsonl\"").unwrap();
-        assert_eq!(loss.format(), "alpaca");
+        assert_eq!(loss.format_name(), "alpaca");
         assert_eq!(entry("format = \"cmmlu\"\nfields = { question = \"Frage\" }").unwrap().fields["question"], "Frage");
         let err = entry("format = \"cmmluu\"").unwrap_err().to_string();
         assert!(err.contains("unknown multiple-choice format `cmmluu`") && err.contains("generic, cmmlu, ceval"), "{err}");
