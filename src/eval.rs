@@ -1,5 +1,7 @@
 //! Held-out loss and perplexity: token-weighted mean NLL over response tokens (and the EOS).
 
+pub mod multiturn;
+
 use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
@@ -298,10 +300,13 @@ pub fn run_benchmark(task: &Task, spec: Option<&TaskSpec>, session: &crate::sess
 
 /// One line for people: the task's headline numbers.
 pub fn summary_line(r: &serde_json::Value) -> String {
-    let keys = ["loss", "perplexity", "acc", "acc_norm", "exact_match", "f1", "contains", "number"];
+    let keys = ["loss", "perplexity", "acc", "acc_norm", "exact_match", "f1", "contains", "number", "score", "win_rate"];
     let mut parts: Vec<String> = keys.iter().filter_map(|k| r.get(*k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"))).collect();
     if let Some(n) = r.get("items").or_else(|| r.get("examples")) {
         parts.push(format!("({n} items)"));
+    }
+    if let Some(n) = r.get("unparsed").filter(|n| n.as_u64() != Some(0)) {
+        parts.push(format!("{n} unparsed judgments"));
     }
     parts.join("  ")
 }

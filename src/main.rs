@@ -95,12 +95,15 @@ enum Command {
         adapter: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
+        /// The data file's format, or mt-bench: MT-Bench-style questions (question_id, category, turns), each turn
+        /// answered after the model's own answer to the turn before (a chat template is needed for two turns).
         #[arg(long, default_value = "alpaca")]
         format: String,
         /// alpaca, llama2-chat, gemma, chatml or model.
         #[arg(long, default_value = "alpaca")]
         template: String,
-        /// Where to write the answers (JSONL: id, location, prompt, reference, answer, finish, new_tokens).
+        /// Where to write the answers (JSONL: id, location, prompt, reference, answer, finish, new_tokens; for
+        /// mt-bench: question_id, category, turns, prompts, answers, finish, new_tokens, one entry per turn).
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 256)]
@@ -277,7 +280,12 @@ fn real_main() -> Result<i32> {
             if batch_size == 0 || max_new_tokens == 0 {
                 anyhow::bail!("--batch-size and --max-new-tokens must be at least 1");
             }
-            let format = Format::parse(&format).context("--format")?;
+            // MT-Bench questions are answered turn by turn; every other format is one prompt per record.
+            enum Input {
+                Records(Format),
+                Questions(Vec<trainer::eval::multiturn::Question>),
+            }
+            let input = if format == "mt-bench" { Input::Questions(trainer::eval::multiturn::read_questions(&data)?) } else { Input::Records(Format::parse(&format).context("--format (or mt-bench)")?) };
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
@@ -285,7 +293,14 @@ fn real_main() -> Result<i32> {
                 .map(|dir| Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display())))
                 .transpose()?;
             let opts = trainer::generate::GenOptions { max_new_tokens, temperature, top_p, stop, seed };
-            let n = trainer::generate::generate_file(&session, adapter.as_ref(), &data, format, &template, batch_size, &opts, &out)?;
+            let n = match input {
+                Input::Records(format) => trainer::generate::generate_file(&session, adapter.as_ref(), &data, format, &template, batch_size, &opts, &out)?,
+                Input::Questions(questions) => {
+                    let answered = trainer::eval::multiturn::answer_questions(&session, adapter.as_ref(), &questions, &template, batch_size, &opts)?;
+                    trainer::eval::multiturn::write_answers(&out, &answered)?;
+                    answered.len()
+                }
+            };
             eprintln!("{n} answers in {}", out.display());
             Ok(0)
         }
