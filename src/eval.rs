@@ -1,5 +1,6 @@
 //! Held-out loss and perplexity: token-weighted mean NLL over response tokens (and the EOS).
 
+pub mod judge;
 pub mod multiturn;
 
 use crate::data::batch::{Batch, Example};
