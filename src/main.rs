@@ -151,7 +151,8 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Evaluate a model (+ adapter, or every adapter of a sweep's folder): held-out loss and perplexity per
-    /// language (`--task loss`), multiple-choice log-likelihood (`mc`) or generative QA (`qa`).
+    /// language (`--task loss`), multiple-choice log-likelihood (`mc`), generative QA (`qa`) or answers to
+    /// MT-Bench-style questions graded by an LLM judge (`judge`).
     Eval {
         /// Model directory or hub id in the local Hugging Face cache.
         #[arg(long)]
@@ -162,7 +163,7 @@ enum Command {
         /// A sweep's output folder: evaluate the adapter of every finished run in it.
         #[arg(long, conflicts_with = "adapter")]
         runs: Option<PathBuf>,
-        /// loss | mc | qa.
+        /// loss | mc | qa | judge.
         #[arg(long, default_value = "loss")]
         task: String,
         #[arg(long)]
@@ -198,7 +199,49 @@ enum Command {
         /// Print JSON: one object, or with --runs {"runs": {run: result}}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        judge: JudgeArgs,
     },
+}
+
+/// `eval --task judge`: the model answers MT-Bench-style questions (--data), a judge model grades the answers.
+#[derive(clap::Args)]
+struct JudgeArgs {
+    /// The judge's OpenAI-compatible endpoint: a base URL (https://api.openai.com/v1) or its /chat/completions URL.
+    #[arg(long)]
+    judge_url: Option<String>,
+    /// The judge model's name at that endpoint (e.g. gpt-4).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// single (1–10 ratings, MT-Bench) or pairwise (against --baseline, both orders; win rate).
+    #[arg(long, default_value = "single")]
+    judge_mode: String,
+    /// Reference answers for math, reasoning and coding questions (FastChat's reference-answer layout or ours);
+    /// default: the questions' own `reference`.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// pairwise: the baseline's answers (answers.jsonl of another judge run or `generate --format mt-bench`, or
+    /// FastChat's model-answer layout).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// The environment variable holding the judge's API key (the key itself is never written anywhere).
+    #[arg(long, default_value = trainer::eval::judge::DEFAULT_API_KEY_ENV)]
+    api_key_env: String,
+    /// Judge requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    judge_concurrency: usize,
+    /// Seconds a judge request may take before it is retried.
+    #[arg(long, default_value_t = 120.0)]
+    judge_timeout: f64,
+    /// Attempts after the first on HTTP 429/5xx, timeouts and broken answers (exponential backoff from 2 s).
+    #[arg(long, default_value_t = 5)]
+    judge_retries: usize,
+    /// Where judgments are cached (default ~/.cache/trainer/judge).
+    #[arg(long)]
+    judge_cache: Option<PathBuf>,
+    /// The folder for answers.jsonl, judgments.jsonl and summary.json (with --runs: one subfolder per run).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() {
@@ -319,10 +362,38 @@ fn real_main() -> Result<i32> {
             println!("{}", path.display());
             Ok(0)
         }
-        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json } => {
+        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json, judge } => {
+            // The judge's files and key are checked before the model loads.
+            let judge_task = if task == "judge" {
+                let (Some(url), Some(judge_model), Some(out)) = (judge.judge_url, judge.judge_model, judge.out.clone()) else {
+                    anyhow::bail!("--task judge needs --judge-url, --judge-model and --out");
+                };
+                let settings = trainer::eval::judge::JudgeSettings {
+                    questions: data.clone(),
+                    reference: judge.reference,
+                    baseline: judge.baseline,
+                    mode: judge.judge_mode,
+                    url,
+                    model: judge_model,
+                    api_key_env: judge.api_key_env,
+                    concurrency: judge.judge_concurrency,
+                    timeout_s: judge.judge_timeout,
+                    retries: judge.judge_retries,
+                    cache_dir: judge.judge_cache,
+                    template: template.clone(),
+                    max_new_tokens,
+                    batch_size,
+                };
+                Some((settings.load()?, out))
+            } else {
+                None
+            };
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
+            if let Some((judge_task, out)) = judge_task {
+                return run_judge(&judge_task, &session, &device, runs, adapter, &out, json);
+            }
             let spec = trainer::eval::TaskSpec::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
             let task = spec.load(&session)?;
             let from_runs = runs.is_some();
@@ -359,6 +430,40 @@ fn real_main() -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `eval --task judge` for the base model, one adapter, or every finished run of a sweep (one output subfolder each).
+fn run_judge(task: &trainer::eval::judge::JudgeTask, session: &Session, device: &candle_core::Device, runs: Option<PathBuf>, adapter: Option<PathBuf>, out: &std::path::Path, json: bool) -> Result<i32> {
+    let (adapters, skipped): (Vec<(String, Option<Adapter>)>, _) = match (runs, adapter) {
+        (Some(dir), _) => {
+            let found = trainer::eval::sweep_adapters(&dir, &session.model.cfg, device)?;
+            (found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect(), found.skipped)
+        }
+        (None, Some(dir)) => (vec![(dir.display().to_string(), Some(Adapter::load_peft(&dir, &session.model.cfg, device).with_context(|| format!("--adapter {}", dir.display()))?))], Default::default()),
+        (None, None) => (vec![("base".into(), None)], Default::default()),
+    };
+    let several = adapters.len() > 1 || !skipped.is_empty();
+    let mut results = serde_json::Map::new();
+    for (name, a) in &adapters {
+        let dir = if several { out.join(name) } else { out.to_path_buf() };
+        let r = task.run(session, a.as_ref(), &trainer::eval::judge::JudgeOutputs::in_dir(&dir))?;
+        if !json {
+            println!("{name}: {}  (judgments in {})", trainer::eval::summary_line(&r), dir.display());
+        }
+        results.insert(name.clone(), r);
+    }
+    if json {
+        if several {
+            println!("{}", serde_json::json!({ "runs": results, "skipped": skipped }));
+        } else if let Some((_, only)) = results.into_iter().next() {
+            println!("{only}");
+        }
+    } else {
+        for (run, why) in &skipped {
+            eprintln!("skipped {run}: {why}");
+        }
+    }
+    Ok(0)
 }
 
 /// `--gpus`: runs handed out one at a time, each GPU taking the next as soon as its current run ends (runs of
