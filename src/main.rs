@@ -200,7 +200,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        judge: JudgeArgs,
+        judge: Box<JudgeArgs>,
     },
 }
 

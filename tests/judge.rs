@@ -58,6 +58,27 @@ fn two_turn_answers_match_transformers_and_turn_two_sees_turn_one() {
     }
 }
 
+#[test]
+fn generate_answers_the_shipped_mt_bench_sample_turn_by_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = trainer::testing::fixtures_dir().join("models/llama-gqa");
+    let data = common::repo().join("data/benchmarks/mt-bench-sample.jsonl");
+    let out = dir.path().join("answers.jsonl");
+    let args = |template: &'static str| ["generate", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--format", "mt-bench", "--template", template, "--max-new-tokens", "3", "--out", out.to_str().unwrap()].map(str::to_string);
+    let o = common::trainer(&args("chatml").each_ref().map(String::as_str));
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert_eq!((r["turns"].as_array().unwrap().len(), r["answers"].as_array().unwrap().len(), r["prompts"].as_array().unwrap().len()), (2, 2, 2));
+        let (first, second) = (r["answers"][0].as_str().unwrap(), r["prompts"][1].as_str().unwrap());
+        assert!(second.contains(&format!("assistant\n{first}<|im_end|>")), "{second}");
+    }
+    // The alpaca template has no second turn.
+    let o = common::trainer(&args("alpaca").each_ref().map(String::as_str));
+    assert!(!o.status.success() && common::stderr(&o).contains("question 1 has two turns"), "{}", common::stderr(&o));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A scripted chat-completions server.
 
@@ -189,6 +210,10 @@ fn judge(url: &str, questions: &Path, out: &Path, cache: &Path, extra: &[&str]) 
     cmd.args(["--out", out.to_str().unwrap(), "--judge-cache", cache.to_str().unwrap(), "--json"]);
     cmd.args(extra);
     cmd.env("JUDGE_TEST_KEY", KEY).env("TRAINER_JUDGE_BACKOFF_MS", "5");
+    // The server is local: a proxy configured on the test machine must not see these requests.
+    for v in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        cmd.env_remove(v);
+    }
     cmd.output().unwrap()
 }
 
