@@ -213,6 +213,16 @@ struct JudgeArgs {
     /// The judge model's name at that endpoint (e.g. gpt-4).
     #[arg(long)]
     judge_model: Option<String>,
+    /// Judge offline instead: this checkpoint (folder or hub id in the local cache), loaded by the trainer, on
+    /// --device, answering greedily.
+    #[arg(long, conflicts_with_all = ["judge_url", "judge_model"])]
+    judge_local: Option<String>,
+    /// The local judge's chat template: model (its own), llama2-chat, gemma or chatml.
+    #[arg(long, default_value = "model")]
+    judge_template: String,
+    /// The judge's answer length limit (FastChat: 2048).
+    #[arg(long, default_value_t = 2048)]
+    judge_max_tokens: usize,
     /// single (1–10 ratings, MT-Bench) or pairwise (against --baseline, both orders; win rate).
     #[arg(long, default_value = "single")]
     judge_mode: String,
@@ -365,16 +375,19 @@ fn real_main() -> Result<i32> {
         Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json, judge } => {
             // The judge's files and key are checked before the model loads.
             let judge_task = if task == "judge" {
-                let (Some(url), Some(judge_model), Some(out)) = (judge.judge_url, judge.judge_model, judge.out.clone()) else {
-                    anyhow::bail!("--task judge needs --judge-url, --judge-model and --out");
+                let Some(out) = judge.out.clone() else {
+                    anyhow::bail!("--task judge needs --out DIR (for answers.jsonl, judgments.jsonl and summary.json)");
                 };
                 let settings = trainer::eval::judge::JudgeSettings {
                     questions: data.clone(),
                     reference: judge.reference,
                     baseline: judge.baseline,
                     mode: judge.judge_mode,
-                    url,
-                    model: judge_model,
+                    url: judge.judge_url,
+                    local: judge.judge_local,
+                    local_template: judge.judge_template,
+                    model: judge.judge_model,
+                    max_tokens: judge.judge_max_tokens,
                     api_key_env: judge.api_key_env,
                     concurrency: judge.judge_concurrency,
                     timeout_s: judge.judge_timeout,
@@ -384,12 +397,13 @@ fn real_main() -> Result<i32> {
                     max_new_tokens,
                     batch_size,
                 };
-                Some((settings.load()?, out))
+                Some((settings, out))
             } else {
                 None
             };
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
+            let judge_task = judge_task.map(|(settings, out)| anyhow::Ok((settings.load(dtype, &device)?, out))).transpose()?;
             let session = Session::open(&model, None, dtype, &device)?;
             if let Some((judge_task, out)) = judge_task {
                 return run_judge(&judge_task, &session, &device, runs, adapter, &out, json);

@@ -424,3 +424,29 @@ fn pairwise_asks_both_orders_and_counts_disagreement_as_a_tie() {
     let o = judge(&server.url, &questions, &dir.path().join("o2"), &cache, &["--judge-mode", "pairwise"]);
     assert!(!o.status.success() && common::stderr(&o).contains("--baseline"), "{}", common::stderr(&o));
 }
+
+#[test]
+fn a_local_checkpoint_judges_offline_once_per_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_questions(dir.path(), &[json!({"question_id": 1, "category": "writing", "turns": ["Q-ONE", "Q-TWO"]}), json!({"question_id": 2, "category": "math", "turns": ["2+2?"], "reference": ["4"]})]);
+    let fixtures = trainer::testing::fixtures_dir();
+    let (model, judge_model) = (fixtures.join("models/llama-gqa"), fixtures.join("models/qwen2-tied"));
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let run = |out: &Path| {
+        common::trainer(&[
+            "eval", "--task", "judge", "--model", model.to_str().unwrap(), "--data", questions.to_str().unwrap(), "--template", "chatml", "--max-new-tokens", "3",
+            "--judge-local", judge_model.to_str().unwrap(), "--judge-template", "chatml", "--judge-max-tokens", "5", "--judge-cache", cache.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json",
+        ])
+    };
+    let r = stdout_json(&run(&out));
+    assert_eq!((r["items"].clone(), r["requests"].clone(), r["judge"]["url"].clone()), (json!(3), json!(3), json!("local")), "greedy judgments are not asked again");
+    let items = lines(&out.join("judgments.jsonl"));
+    for it in &items {
+        assert!(!it["judgment"].as_str().unwrap().is_empty());
+        assert_eq!(it["score"].is_null(), it["unparsed"] == json!(true));
+    }
+    assert_eq!(items.iter().filter(|i| i["unparsed"] == json!(true)).count() as u64, r["unparsed"].as_u64().unwrap());
+    let again = stdout_json(&run(&dir.path().join("out2")));
+    assert_eq!(again["requests"], 0);
+    assert_eq!(lines(&dir.path().join("out2/judgments.jsonl")).iter().map(|i| i["judgment"].clone()).collect::<Vec<_>>(), items.iter().map(|i| i["judgment"].clone()).collect::<Vec<_>>());
+}

@@ -14,6 +14,7 @@
 //! and any reference — so a re-run asks nothing it asked before.
 
 pub mod client;
+pub mod local;
 pub mod prompts;
 
 use crate::eval::multiturn::{Answered, Question};
@@ -45,8 +46,43 @@ impl Mode {
     }
 }
 
+/// Who judges: an OpenAI-compatible endpoint, or a checkpoint loaded here (offline judging).
+pub enum Backend {
+    Http(Endpoint),
+    Local(Box<local::LocalJudge>),
+}
+
+impl Backend {
+    /// The judge's name in the cache key and the summary.
+    fn model(&self) -> &str {
+        match self {
+            Backend::Http(e) => &e.model,
+            Backend::Local(l) => &l.name,
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Backend::Http(e) => &e.url,
+            Backend::Local(_) => "local",
+        }
+    }
+
+    fn complete(&self, system: &str, user: &str) -> Result<String> {
+        match self {
+            Backend::Http(e) => e.complete(system, user),
+            Backend::Local(l) => l.complete(system, user),
+        }
+    }
+
+    /// A local judge decodes greedily: asking it again gives the same judgment.
+    fn repeats_itself(&self) -> bool {
+        matches!(self, Backend::Local(_))
+    }
+}
+
 pub struct JudgeConfig {
-    pub endpoint: Endpoint,
+    pub backend: Backend,
     pub mode: Mode,
     pub cache_dir: PathBuf,
     /// Requests in flight at once.
@@ -122,7 +158,7 @@ impl Judge<'_> {
     /// up to `parse_retries` times). The last judgment is cached whether or not it could be read, so a re-run
     /// never pays for it twice.
     fn ask<T>(&self, ask: &Ask, parse: impl Fn(&str) -> Option<T>) -> Result<(Reply, Option<T>)> {
-        let model = &self.cfg.endpoint.model;
+        let model = self.cfg.backend.model();
         let key = Cache::key(model, &ask.prompt.name, &ask.prompt.system_prompt, &ask.user);
         if let Some(judgment) = self.cache.get(&key) {
             let parsed = parse(&judgment);
@@ -130,9 +166,10 @@ impl Judge<'_> {
         }
         let mut judgment = String::new();
         let mut parsed = None;
-        for _ in 0..=self.cfg.parse_retries {
+        let attempts = if self.cfg.backend.repeats_itself() { 1 } else { 1 + self.cfg.parse_retries };
+        for _ in 0..attempts {
             self.requests.fetch_add(1, Ordering::Relaxed);
-            judgment = self.cfg.endpoint.complete(&ask.prompt.system_prompt, &ask.user)?;
+            judgment = self.cfg.backend.complete(&ask.prompt.system_prompt, &ask.user)?;
             parsed = parse(&judgment);
             if parsed.is_some() {
                 break;
@@ -272,7 +309,7 @@ pub fn judge_answers(cfg: &JudgeConfig, questions: &[Question], answers: &[Answe
     let lines = run_parallel(&items, cfg.concurrency, |it| judge_item(&judge, it).with_context(|| format!("judging question {} turn {}", it.question.key(), it.turn)))?;
     let requests = judge.requests.load(Ordering::Relaxed);
     let unparsed = lines.iter().filter(|l| l["unparsed"] == json!(true)).count();
-    let about = json!({ "model": cfg.endpoint.model, "url": cfg.endpoint.url, "mode": if cfg.mode == Mode::Single { "single" } else { "pairwise" } });
+    let about = json!({ "model": cfg.backend.model(), "url": cfg.backend.url(), "mode": if cfg.mode == Mode::Single { "single" } else { "pairwise" } });
     let summary = match cfg.mode {
         Mode::Single => {
             let mean = |turn: Option<u64>| {
@@ -378,9 +415,16 @@ pub struct JudgeSettings {
     /// pairwise: the baseline's answers.
     pub baseline: Option<PathBuf>,
     pub mode: String,
-    /// An OpenAI-compatible base URL (…/v1) or chat-completions URL.
-    pub url: String,
-    pub model: String,
+    /// An OpenAI-compatible base URL (…/v1) or chat-completions URL; or
+    pub url: Option<String>,
+    /// a checkpoint (folder or hub id in the local cache) the trainer loads to judge offline.
+    pub local: Option<String>,
+    /// The local judge's chat template ("model": its own).
+    pub local_template: String,
+    /// The judge model's name at the endpoint.
+    pub model: Option<String>,
+    /// The judge's answer length limit (FastChat: 2048).
+    pub max_tokens: usize,
     /// The environment variable holding the API key.
     pub api_key_env: String,
     pub concurrency: usize,
@@ -392,6 +436,8 @@ pub struct JudgeSettings {
     pub max_new_tokens: usize,
     pub batch_size: usize,
 }
+
+const ONE_JUDGE: &str = "name one judge: an endpoint (judge_url / --judge-url) or a local checkpoint (judge_local / --judge-local)";
 
 /// The environment variable a judge's API key is read from unless told otherwise.
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -418,8 +464,15 @@ impl JudgeSettings {
     /// Checks what can be checked without reading files.
     pub fn check(&self) -> Result<()> {
         let mode = Mode::parse(&self.mode)?;
-        client::completions_url(&self.url)?;
-        anyhow::ensure!(!self.model.trim().is_empty(), "the judge model is not named (judge_model / --judge-model)");
+        match (&self.url, &self.local) {
+            (Some(url), None) => {
+                client::completions_url(url)?;
+                anyhow::ensure!(self.model.as_ref().is_some_and(|m| !m.trim().is_empty()), "the judge model at {url} is not named (judge_model / --judge-model)");
+            }
+            (None, Some(_)) => {}
+            _ => bail!(ONE_JUDGE),
+        }
+        anyhow::ensure!(self.max_tokens > 0, "the judge's max_tokens must be at least 1");
         anyhow::ensure!(mode == Mode::Single || self.baseline.is_some(), "pairwise judging needs the baseline's answers (baseline / --baseline)");
         anyhow::ensure!(self.concurrency > 0, "judge concurrency must be at least 1");
         anyhow::ensure!(self.timeout_s > 0.0 && self.timeout_s.is_finite(), "the judge timeout must be a positive number of seconds");
@@ -427,27 +480,17 @@ impl JudgeSettings {
         Ok(())
     }
 
-    /// Reads the questions, references and baseline, and the API key from its environment variable. An unset
-    /// variable is an error when one was named, and means "no key" for the default (local servers need none).
-    pub fn load(&self) -> Result<JudgeTask> {
+    /// Reads the questions, references and baseline, and the API key from its environment variable (an unset
+    /// variable is an error when one was named, and means "no key" for the default: local servers need none), or
+    /// loads the local judge on `device`.
+    pub fn load(&self, dtype: candle_core::DType, device: &candle_core::Device) -> Result<JudgeTask> {
         self.check()?;
-        let api_key = match std::env::var(&self.api_key_env) {
-            Ok(k) if !k.is_empty() => Some(k),
-            _ if self.api_key_env == DEFAULT_API_KEY_ENV => None,
-            _ => bail!("the judge's API key variable {} is not set", self.api_key_env),
+        let backend = match (&self.url, &self.local) {
+            (Some(url), None) => Backend::Http(self.endpoint(url)?),
+            (None, Some(local)) => Backend::Local(Box::new(local::LocalJudge::open(local, &self.local_template, self.max_tokens, dtype, device)?)),
+            _ => bail!(ONE_JUDGE),
         };
-        // Tests shorten the waits between attempts; a run has no reason to.
-        let backoff = std::env::var("TRAINER_JUDGE_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).map_or(Duration::from_secs(2), Duration::from_millis);
-        let endpoint = Endpoint {
-            url: client::completions_url(&self.url)?,
-            model: self.model.clone(),
-            api_key,
-            timeout: Duration::from_secs_f64(self.timeout_s),
-            retries: self.retries,
-            backoff,
-            max_backoff: Duration::from_secs(60).max(backoff),
-        };
-        let config = JudgeConfig { endpoint, mode: Mode::parse(&self.mode)?, cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir), concurrency: self.concurrency, parse_retries: 2 };
+        let config = JudgeConfig { backend, mode: Mode::parse(&self.mode)?, cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir), concurrency: self.concurrency, parse_retries: 2 };
         let questions = crate::eval::multiturn::read_questions(&self.questions)?;
         let references = self.reference.as_deref().map(read_references).transpose()?.unwrap_or_default();
         for q in &questions {
@@ -458,6 +501,26 @@ impl JudgeSettings {
             _ => None,
         };
         Ok(JudgeTask { questions, references, baseline, config, template: self.template.clone(), max_new_tokens: self.max_new_tokens, batch_size: self.batch_size })
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let api_key = match std::env::var(&self.api_key_env) {
+            Ok(k) if !k.is_empty() => Some(k),
+            _ if self.api_key_env == DEFAULT_API_KEY_ENV => None,
+            _ => bail!("the judge's API key variable {} is not set", self.api_key_env),
+        };
+        // Tests shorten the waits between attempts; a run has no reason to.
+        let backoff = std::env::var("TRAINER_JUDGE_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).map_or(Duration::from_secs(2), Duration::from_millis);
+        Ok(Endpoint {
+            url: client::completions_url(url)?,
+            model: self.model.clone().unwrap_or_default(),
+            api_key,
+            timeout: Duration::from_secs_f64(self.timeout_s),
+            retries: self.retries,
+            backoff,
+            max_backoff: Duration::from_secs(60).max(backoff),
+            max_tokens: self.max_tokens,
+        })
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Endpoint {
     /// The first wait between attempts; it doubles each time, up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// The judge's answer length limit (FastChat: 2048).
+    pub max_tokens: usize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -50,14 +52,14 @@ impl Endpoint {
         ureq::Agent::config_builder().timeout_global(Some(self.timeout)).http_status_as_error(false).build().into()
     }
 
-    /// The judge's reply to a system and a user message, at temperature 0 with at most 2048 new tokens (FastChat's
-    /// settings for its OpenAI judges). Errors name the endpoint and the last failure.
+    /// The judge's reply to a system and a user message, at temperature 0 (FastChat's setting for its OpenAI
+    /// judges). Errors name the endpoint and the last failure.
     pub fn complete(&self, system: &str, user: &str) -> Result<String> {
         let body = serde_json::json!({
             "model": self.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "temperature": 0,
-            "max_tokens": 2048,
+            "max_tokens": self.max_tokens,
         })
         .to_string();
         let agent = self.agent();
@@ -122,7 +124,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_key() {
-        let e = Endpoint { url: "http://x/chat/completions".into(), model: "m".into(), api_key: Some("sk-secret".into()), timeout: Duration::from_secs(1), retries: 0, backoff: Duration::ZERO, max_backoff: Duration::ZERO };
+        let e = Endpoint { url: "http://x/chat/completions".into(), model: "m".into(), api_key: Some("sk-secret".into()), timeout: Duration::from_secs(1), retries: 0, backoff: Duration::ZERO, max_backoff: Duration::ZERO, max_tokens: 1 };
         assert!(!format!("{e:?}").contains("sk-secret"));
     }
 }
