@@ -29,7 +29,7 @@ fn two_turn_answers_match_transformers_and_turn_two_sees_turn_one() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|q| Question { question_id: q["question_id"].clone(), category: q["category"].as_str().unwrap().into(), turns: q["turns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect(), reference: None })
+        .map(|q| Question { question_id: q["question_id"].clone(), category: q["category"].as_str().unwrap().into(), turns: q["turns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect(), reference: None, language: None })
         .collect();
     let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
     let root = trainer::testing::fixtures_dir();
@@ -418,6 +418,9 @@ fn pairwise_asks_both_orders_and_counts_disagreement_as_a_tie() {
     let flip = items.iter().find(|i| i["question"].as_str().unwrap().starts_with("PFLIP")).unwrap();
     assert_eq!((flip["winner_model_first"].as_str(), flip["winner_baseline_first"].as_str(), flip["outcome"].as_str()), (Some("model"), Some("baseline"), Some("tie")));
     assert_eq!(flip["baseline_answer"], "BASELINE-ANSWER");
+    let per_item: Vec<f64> = items.iter().map(|i| i["win_rate"].as_f64().unwrap()).collect();
+    assert_eq!(per_item.iter().sum::<f64>() / per_item.len() as f64, r["win_rate"].as_f64().unwrap(), "the items' mean is the win rate (the report's per-item scores)");
+    assert_eq!(flip["id"], "2#1");
     assert_key_nowhere(&o, &[&out, &cache]);
 
     // Without the baseline's answers there is nothing to compare with.

@@ -240,7 +240,11 @@ struct Item<'a> {
 
 fn judge_item(judge: &Judge, it: &Item) -> Result<Value> {
     let q = it.question;
-    let mut line = json!({ "question_id": q.question_id, "category": q.category, "turn": it.turn, "question": q.turns[it.turn - 1], "answer": it.answers[it.turn - 1] });
+    // `id` pairs the item across runs in the report's paired tests.
+    let mut line = json!({ "id": format!("{}#{}", q.key(), it.turn), "question_id": q.question_id, "category": q.category, "turn": it.turn, "question": q.turns[it.turn - 1], "answer": it.answers[it.turn - 1] });
+    if let Some(l) = &q.language {
+        line["language"] = json!(l);
+    }
     if let Some(r) = it.reference {
         line["reference"] = json!(r[..it.turn]);
     }
@@ -275,6 +279,12 @@ fn judge_item(judge: &Judge, it: &Item) -> Result<Value> {
             line["winner_baseline_first"] = json!(w2);
             line["cached"] = json!(r1.cached && r2.cached);
             line["outcome"] = json!(outcome);
+            // Per item, 1 for a win, ½ for a tie, 0 for a loss: the mean over items is the win rate.
+            line["win_rate"] = json!(outcome.map(|o| match o {
+                "win" => 1.0,
+                "tie" => 0.5,
+                _ => 0.0,
+            }));
             line["unparsed"] = json!(outcome.is_none());
         }
     }
@@ -562,7 +572,7 @@ mod tests {
     use super::*;
 
     fn q(category: &str, turns: &[&str], reference: Option<&[&str]>) -> Question {
-        Question { question_id: json!(7), category: category.into(), turns: turns.iter().map(|s| s.to_string()).collect(), reference: reference.map(|r| r.iter().map(|s| s.to_string()).collect()) }
+        Question { question_id: json!(7), category: category.into(), turns: turns.iter().map(|s| s.to_string()).collect(), reference: reference.map(|r| r.iter().map(|s| s.to_string()).collect()), language: None }
     }
 
     fn strings(v: &[&str]) -> Vec<String> {

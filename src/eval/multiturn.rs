@@ -23,6 +23,9 @@ pub struct Question {
     /// Reference answers, one per turn, when the file carries them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<Vec<String>>,
+    /// The question's language, when the file gives one (`language`): the report's per-language scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// A question id as text: `101` and `"101"` are the same question in a question, answer or reference file.
@@ -82,7 +85,12 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
             None | Some(Value::Null) => None,
             Some(_) => Some(string_list(row, "reference")?),
         };
-        Ok(Question { question_id, category, turns, reference })
+        let language = match row.get("language") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => bail!("`language` must be a string"),
+        };
+        Ok(Question { question_id, category, turns, reference, language })
     })?;
     let mut seen = std::collections::HashSet::new();
     for q in &qs {
