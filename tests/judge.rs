@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trainer::eval::multiturn::{answer_questions, Question};
@@ -115,6 +116,8 @@ impl Seen {
 struct Server {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The most requests that were being answered at once.
+    most_at_once: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -125,18 +128,21 @@ impl Server {
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let script = Arc::new(script);
-        let log = seen.clone();
+        let (log, now, most_at_once) = (seen.clone(), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let most = most_at_once.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let (log, script) = (log.clone(), script.clone());
+                let (log, script, now, most) = (log.clone(), script.clone(), now.clone(), most.clone());
                 std::thread::spawn(move || {
                     if let Ok(s) = stream {
+                        most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                         let _ = answer(s, &log, &*script);
+                        now.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
             }
         });
-        Server { url, seen }
+        Server { url, seen, most_at_once }
     }
 
     fn requests(&self) -> Vec<Seen> {
@@ -263,7 +269,9 @@ fn single_grading_with_references_unparsed_answers_and_the_cache() {
     );
     let server = Server::start(|s, _| {
         let u = s.user();
-        Reply::Say(if u.contains("Q-ALPHA2") {
+        // Slow enough that requests overlap: the concurrency limit is what keeps them to 3.
+        let slowly = |text: String| Reply::Slow(Duration::from_millis(40), Box::new(Reply::Say(text)));
+        slowly(if u.contains("Q-ALPHA2") {
             "Turn two is weaker. Rating: [[6]]".into()
         } else if u.contains("Q-ALPHA") {
             "Fine. Rating: [[8]]".into()
@@ -285,6 +293,8 @@ fn single_grading_with_references_unparsed_answers_and_the_cache() {
     assert_eq!(r["score"].as_f64().unwrap(), (8.0 + 6.0 + 4.0 + 9.0) / 4.0);
     assert_eq!(r["turns"]["2"].as_f64().unwrap(), 6.0);
     let seen = server.requests();
+    let most = server.most_at_once.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&most), "{most} requests at once with --judge-concurrency 3");
     // Question c: asked once, then again `parse_retries` (2) times.
     assert_eq!(seen.iter().filter(|s| s.user().contains("Q-CHARLIE")).count(), 3);
     assert_eq!(seen.len(), 4 + 3);
