@@ -89,6 +89,8 @@ enum Reply {
     /// A well-formed completion with this content.
     Say(String),
     Status(u16),
+    /// HTTP 401 with this message.
+    Refuse(String),
     /// HTTP 200 with a body that is not a chat completion.
     Garbage,
     /// Waits, then does the rest.
@@ -187,6 +189,7 @@ fn answer(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, script: &(dyn Fn(&Seen,
     let (status, body) = match reply {
         Reply::Say(text) => (200, json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).to_string()),
         Reply::Status(code) => (code, json!({"error": {"message": "scripted failure"}}).to_string()),
+        Reply::Refuse(message) => (401, json!({"error": {"message": message}}).to_string()),
         Reply::Garbage => (200, "<html>upstream proxy error</html>".to_string()),
         Reply::Hangup => return Ok(()),
         Reply::Slow(..) => unreachable!("unwrapped above"),
@@ -383,6 +386,13 @@ fn a_dead_or_broken_endpoint_fails_the_eval_naming_it_and_writes_no_results() {
     assert_eq!(server.requests().len(), 4, "1 + 3 retries");
     assert!(!out.join("judgments.jsonl").exists() && !out.join("summary.json").exists());
     assert!(files(&out).iter().all(|f| !f.file_name().unwrap().to_string_lossy().ends_with(".tmp")), "no temporary files left");
+    assert_key_nowhere(&o, &[&out]);
+
+    // A refused key: no retry, and the endpoint's answer (which may quote the key) is not repeated.
+    let server = Server::start(|s, _| Reply::Refuse(format!("Incorrect API key provided: {}", s.authorization.clone().unwrap_or_default())));
+    let o = judge(&server.url, &questions, &out, &dir.path().join("cache"), &[]);
+    assert!(!o.status.success() && common::stderr(&o).contains("HTTP 401"), "{}", common::stderr(&o));
+    assert_eq!(server.requests().len(), 1);
     assert_key_nowhere(&o, &[&out]);
 }
 

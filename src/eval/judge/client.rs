@@ -96,11 +96,19 @@ impl Endpoint {
             Err(ureq::Error::Timeout(t)) => return Err(Failure::Retry(format!("no complete answer within {:?} ({t})", self.timeout))),
             Err(e) => return Err(Failure::Retry(format!("HTTP {status}, then the body broke off: {e}"))),
         };
-        let snippet = || text.chars().take(200).collect::<String>();
+        // Error bodies may quote the key back (OpenAI's 401 shows it masked): it is cut out of anything reported.
+        let snippet = || {
+            let s: String = text.chars().take(200).collect();
+            match &self.api_key {
+                Some(k) => s.replace(k.as_str(), "<api key>"),
+                None => s,
+            }
+        };
         match status {
             200..=299 => {}
             429 | 500..=599 | 408 => return Err(Failure::Retry(format!("HTTP {status}: {}", snippet()))),
-            // 401, 403, 404, 400: asking again will not help.
+            401 | 403 => return Err(Failure::Fatal(format!("HTTP {status}: the endpoint did not accept the API key (or its absence); its answer is not shown, as it may quote the key"))),
+            // 404, 400: asking again will not help.
             _ => return Err(Failure::Fatal(format!("HTTP {status}: {}", snippet()))),
         }
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Retry(format!("the answer is not JSON ({e}): {}", snippet())))?;
