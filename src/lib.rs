@@ -1,6 +1,5 @@
 //! LoRA fine-tuning of Llama-2, Gemma and Qwen (1.5/2) checkpoints with an explicit, frozen-weight-free backward.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]

@@ -408,13 +408,13 @@ fn real_main() -> Result<i32> {
             if let Some((judge_task, out)) = judge_task {
                 return run_judge(&judge_task, &session, &device, runs, adapter, &out, json);
             }
-            let spec = trainer::eval::TaskSpec::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
-            let task = spec.load(&session)?;
+            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
+            let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();
             let adapters: Vec<(String, Option<Adapter>)> = match (runs, adapter) {
                 (Some(dir), _) => {
-                    let found = trainer::eval::sweep_adapters(&dir, &session.model.cfg, &device)?;
+                    let found = trainer::sweep::adapters::sweep_adapters(&dir, &session.model.cfg, &device)?;
                     skipped = found.skipped;
                     found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect()
                 }
@@ -450,7 +450,7 @@ fn real_main() -> Result<i32> {
 fn run_judge(task: &trainer::eval::judge::JudgeTask, session: &Session, device: &candle_core::Device, runs: Option<PathBuf>, adapter: Option<PathBuf>, out: &std::path::Path, json: bool) -> Result<i32> {
     let (adapters, skipped): (Vec<(String, Option<Adapter>)>, _) = match (runs, adapter) {
         (Some(dir), _) => {
-            let found = trainer::eval::sweep_adapters(&dir, &session.model.cfg, device)?;
+            let found = trainer::sweep::adapters::sweep_adapters(&dir, &session.model.cfg, device)?;
             (found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect(), found.skipped)
         }
         (None, Some(dir)) => (vec![(dir.display().to_string(), Some(Adapter::load_peft(&dir, &session.model.cfg, device).with_context(|| format!("--adapter {}", dir.display()))?))], Default::default()),

@@ -5,6 +5,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod benchmark;
+pub use benchmark::BenchmarkSection;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -34,7 +37,7 @@ pub struct Recipe {
     pub eval: EvalSection,
     /// Benchmarks every run's kept adapter is scored on at the end (paths relative to the recipe's folder).
     #[serde(default)]
-    pub evals: Vec<crate::eval::TaskSpec>,
+    pub evals: Vec<BenchmarkSection>,
     /// Where source paths resolve (relative to the recipe's folder); default: the recipe's folder.
     pub data_root: Option<PathBuf>,
     /// Where `[[evals]]` paths (`path`, `dev`) resolve (relative to the recipe's folder); default: the recipe's
@@ -568,7 +571,6 @@ impl Recipe {
         for s in &self.sources {
             let format = crate::data::format::Format::parse(&s.format).with_context(|| format!("[[sources]] `{}`", s.name))?;
             crate::data::format::validate_fields(format, &s.fields).with_context(|| format!("[[sources]] `{}`: fields", s.name))?;
-            crate::data::filter::Filter::from_section(s)?;
         }
         if !["error", "skip"].contains(&self.on_bad_record.as_str()) {
             bail!("on_bad_record must be \"error\" or \"skip\"");
@@ -592,16 +594,10 @@ impl Recipe {
         if e.batch_size == Some(0) {
             bail!("[eval] batch_size must be at least 1");
         }
-        // Expanding checks names, {lang} placeholders and references between conditions and sources.
         crate::names::check_distinct(self.evals.iter().map(|b| b.name.as_str()), "[[evals]] name")?;
         for b in &self.evals {
             b.check().with_context(|| format!("[[evals]] `{}`", b.name))?;
         }
-        let expanded = crate::data::pipeline::expand(self)?;
-        // Sources (and so sets) and conditions, after {lang} expansion: condition names become run folders.
-        crate::names::check_distinct(expanded.sources.iter().map(|s| s.name.as_str()), "[[sources]] name")?;
-        crate::names::check_distinct(expanded.conditions.iter().map(|c| c.name.as_str()), if self.conditions.is_empty() { "name" } else { "[[conditions]] name" })?;
-        crate::data::pipeline::check_eval_sets(self, &expanded)?;
         Ok(())
     }
 }
@@ -645,20 +641,30 @@ path = "en.json"
     }
 
     #[test]
-    fn conditions_must_name_defined_sources_and_placeholders() {
-        let e = format!("{:#}", load(&OK.replace("path = \"en.json\"", "path = \"en.json\"\nlanguages = [\"es\"]")).unwrap_err());
-        assert!(e.contains("`en` has languages but no {lang}"), "{e}");
-        let e = format!("{:#}", load(&format!("{OK}[[conditions]]\nname = \"c\"\nsources = [\"fr\"]\n")).unwrap_err());
-        assert!(e.contains("names source `fr`"), "{e}");
-        let e = format!("{:#}", load(&format!("{OK}[[conditions]]\nname = \"c\"\nsources = [{{ source = \"en\", count = 3, fraction = 0.5 }}]\n")).unwrap_err());
-        assert!(e.contains("at most one of count, fraction, weight"), "{e}");
-    }
-
-    #[test]
     fn inconsistent_batching_is_refused() {
         let e = format!("{:#}", load(&OK.replace("max_steps = 3", "max_steps = 3\nbatch_size = 8\nmicro_batch_size = 3")).unwrap_err());
         assert!(e.contains("multiple of micro_batch_size"), "{e}");
         let e = format!("{:#}", load(&OK.replace("max_steps = 3", "epochs = 1\nmax_steps = 3")).unwrap_err());
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_recipe_is_a_schema_that_imports_no_reader_of_it() {
+        // The modules that read a recipe (data pipeline, evaluation, sweep, training, sessions, generation) import
+        // it; importing any of them back would make the recipe part of a cycle again.
+        let readers = ["crate::data::pipeline", "crate::data::filter", "crate::data::mix", "crate::eval", "crate::sweep", "crate::train", "crate::session", "crate::generate", "super::data"];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![dir.join("recipe.rs")];
+        files.extend(std::fs::read_dir(dir.join("recipe")).unwrap().map(|e| e.unwrap().path()));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            // The code, not these tests, which name the readers.
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for (n, line) in code.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+                if let Some(r) = readers.iter().find(|r| line.contains(*r)) {
+                    panic!("{}:{}: the recipe imports `{r}`, which reads the recipe", f.display(), n + 1);
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,8 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use trainer::bench::{read_mc, score_mc, McStyle};
+use trainer::eval::items::read_mc;
+use trainer::eval::mc::{score_mc, McStyle};
 use trainer::lora::Adapter;
 use trainer::session::Session;
 

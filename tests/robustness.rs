@@ -332,9 +332,9 @@ fn benchmark_items_never_panic_and_errors_name_the_file() {
             std::fs::write(&path, &bytes).unwrap();
             let case = format!("{kind} case {i}: {what}");
             if kind == "mc" {
-                failures.check(&case, &path, || trainer::bench::read_mc(&path));
+                failures.check(&case, &path, || trainer::eval::items::read_mc(&path));
             } else {
-                failures.check(&case, &path, || trainer::bench::read_qa(&path));
+                failures.check(&case, &path, || trainer::eval::items::read_qa(&path));
             }
         }
     }

@@ -363,6 +363,21 @@ fn origin_label(p: &Provenance) -> String {
     }
 }
 
+/// The recipe's checks that need its sources expanded (the schema's own are [`Recipe::validate`]): cleaning rules,
+/// names, `{lang}` placeholders and references between conditions and sources after expansion, and the shared
+/// evaluation sets. Reads no data.
+pub fn check_recipe(recipe: &Recipe) -> Result<()> {
+    for s in &recipe.sources {
+        Filter::from_section(s)?;
+    }
+    let expanded = expand(recipe)?;
+    // Sources (and so sets) and conditions, after {lang} expansion: condition names become run folders.
+    crate::names::check_distinct(expanded.sources.iter().map(|s| s.name.as_str()), "[[sources]] name")?;
+    crate::names::check_distinct(expanded.conditions.iter().map(|c| c.name.as_str()), if recipe.conditions.is_empty() { "name" } else { "[[conditions]] name" })?;
+    check_eval_sets(recipe, &expanded)?;
+    Ok(())
+}
+
 /// The sources `[eval] sets` names; each must be defined and trained on by no condition.
 pub fn check_eval_sets<'a>(recipe: &Recipe, expanded: &'a Expanded) -> Result<Vec<&'a SourceSpec>> {
     let mut out = Vec::new();
@@ -449,6 +464,39 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    /// Loads a recipe and runs the checks `plan` and `run` make before reading data.
+    fn load_checked(text: &str) -> Result<Recipe> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, text).unwrap();
+        let recipe = Recipe::load(&p)?;
+        check_recipe(&recipe)?;
+        Ok(recipe)
+    }
+
+    const RECIPE: &str = r#"
+name = "t"
+output_dir = "out"
+[model]
+path = "m"
+[train]
+lr = [1e-4, 1e-6]
+max_steps = 3
+[[sources]]
+name = "en"
+path = "en.json"
+"#;
+
+    #[test]
+    fn conditions_must_name_defined_sources_and_placeholders() {
+        let e = format!("{:#}", load_checked(&RECIPE.replace("path = \"en.json\"", "path = \"en.json\"\nlanguages = [\"es\"]")).unwrap_err());
+        assert!(e.contains("`en` has languages but no {lang}"), "{e}");
+        let e = format!("{:#}", load_checked(&format!("{RECIPE}[[conditions]]\nname = \"c\"\nsources = [\"fr\"]\n")).unwrap_err());
+        assert!(e.contains("names source `fr`"), "{e}");
+        let e = format!("{:#}", load_checked(&format!("{RECIPE}[[conditions]]\nname = \"c\"\nsources = [{{ source = \"en\", count = 3, fraction = 0.5 }}]\n")).unwrap_err());
+        assert!(e.contains("at most one of count, fraction, weight"), "{e}");
+    }
+
     use super::*;
 
     fn spec(path: &Path, id_from: &str) -> SourceSpec {

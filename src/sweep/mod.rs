@@ -2,6 +2,7 @@
 //! into named runs, each trained in its own folder. Finished runs are skipped, interrupted ones resume, failed
 //! ones are recorded and the sweep goes on; it ends with the report.
 
+pub mod adapters;
 pub mod plots;
 pub mod progress;
 pub mod report;
@@ -127,9 +128,12 @@ pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
             m.device = d.clone();
         }
     }
-    if opts.output_dir.is_some() || opts.model.is_some() {
-        recipe.validate().with_context(|| format!("recipe {} with the command line's changes", path.display()))?;
+    let changed = opts.output_dir.is_some() || opts.model.is_some();
+    let what = || format!("recipe {}{}", path.display(), if changed { " with the command line's changes" } else { "" });
+    if changed {
+        recipe.validate().with_context(what)?;
     }
+    crate::data::pipeline::check_recipe(&recipe).with_context(what)?;
     Ok(recipe)
 }
 
@@ -531,8 +535,8 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
     ));
     let mut benchmarks = Vec::new();
     for spec in &recipe.evals {
-        let spec = crate::eval::TaskSpec { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), ..spec.clone() };
-        benchmarks.push((spec.name.clone(), spec.load(&session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
+        let spec = crate::recipe::BenchmarkSection { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), ..spec.clone() };
+        benchmarks.push((spec.name.clone(), crate::eval::Task::load(&spec, &session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
     Ok((recipe.clone(), session, conditions, sets, benchmarks, bad, dropped))
 }

@@ -1,0 +1,27 @@
+//! Evaluation: held-out loss and perplexity, and benchmarks in the conventions of lm-evaluation-harness
+//! (multiple-choice log-likelihood scoring, generative QA with exact match / F1 / MGSM's final number).
+//!
+//! The recipe's `[[evals]]` entries ([`crate::recipe::BenchmarkSection`]) say what to score; this folder reads the
+//! items ([`items`]), builds prompts and scores them ([`mc`], [`qa`], [`metrics`], [`loss`]), and runs a benchmark
+//! for a model and adapter ([`task`]). MT-Bench-style questions are answered turn by turn ([`multiturn`]) and
+//! graded by an LLM judge ([`judge`]). The recipe does not import this folder.
+
+pub mod items;
+pub mod judge;
+pub mod loss;
+pub mod mc;
+pub mod metrics;
+pub mod multiturn;
+pub mod qa;
+pub mod task;
+
+pub use loss::{evaluate, evaluate_by_language, nan_if_null, EvalResult, HeldoutResult};
+pub use task::{run_benchmark, summary_line, Task};
+
+/// A progress bar on stderr (drawn only on a terminal).
+pub(crate) fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template"));
+    bar.set_prefix(what.to_string());
+    bar
+}
