@@ -380,23 +380,26 @@ fn real_main() -> Result<i32> {
                 };
                 let settings = trainer::eval::judge::JudgeSettings {
                     questions: data.clone(),
-                    reference: judge.reference,
-                    baseline: judge.baseline,
-                    mode: judge.judge_mode,
-                    url: judge.judge_url,
-                    local: judge.judge_local,
-                    local_template: judge.judge_template,
-                    model: judge.judge_model,
-                    max_tokens: judge.judge_max_tokens,
-                    api_key_env: judge.api_key_env,
-                    concurrency: judge.judge_concurrency,
-                    timeout_s: judge.judge_timeout,
-                    retries: judge.judge_retries,
-                    cache_dir: judge.judge_cache,
+                    judge: trainer::recipe::JudgeSection {
+                        url: judge.judge_url,
+                        model: judge.judge_model,
+                        local: judge.judge_local,
+                        template: judge.judge_template,
+                        mode: judge.judge_mode,
+                        reference: judge.reference,
+                        baseline: judge.baseline,
+                        api_key_env: judge.api_key_env,
+                        concurrency: judge.judge_concurrency,
+                        timeout: judge.judge_timeout,
+                        retries: judge.judge_retries,
+                        max_tokens: judge.judge_max_tokens,
+                        cache: judge.judge_cache,
+                    },
                     template: template.clone(),
                     max_new_tokens,
                     batch_size,
                 };
+                settings.judge.check().context("--task judge")?;
                 Some((settings, out))
             } else {
                 None

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod benchmark;
-pub use benchmark::BenchmarkSection;
+pub use benchmark::{BenchmarkSection, JudgeSection};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

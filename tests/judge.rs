@@ -473,3 +473,78 @@ fn a_local_checkpoint_judges_offline_once_per_item() {
     assert_eq!(again["requests"], 0);
     assert_eq!(lines(&dir.path().join("out2/judgments.jsonl")).iter().map(|i| i["judgment"].clone()).collect::<Vec<_>>(), items.iter().map(|i| i["judgment"].clone()).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_sweep_judges_each_run_and_a_second_sweep_asks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_questions(dir.path(), &[json!({"question_id": 1, "category": "writing", "language": "es", "turns": ["SW-1 hola", "SW-2 adiós"]}), json!({"question_id": 2, "category": "math", "language": "en", "turns": ["SW-3 2+2?"], "reference": ["4"]})]);
+    let r = common::repo();
+    let recipe = |out: &str, url: &str| {
+        let text = format!(
+            r#"name = "j"
+output_dir = "{dir}/{out}"
+[model]
+path = "{tiny}"
+[train]
+lr = [1e-3]
+max_steps = 2
+batch_size = 4
+micro_batch_size = 4
+max_seq_len = 96
+[[sources]]
+name = "es"
+path = "{samples}/es-native.json"
+language = "es"
+[[conditions]]
+name = "es"
+sources = ["es"]
+[[evals]]
+name = "mt"
+task = "judge"
+path = "{questions}"
+template = "chatml"
+max_new_tokens = 3
+[evals.judge]
+url = "{url}"
+model = "judge-9000"
+api_key_env = "JUDGE_TEST_KEY"
+cache = "{dir}/judge-cache"
+"#,
+            tiny = r.join("data/tiny-llama").display(),
+            samples = r.join("data/samples").display(),
+            questions = questions.display(),
+            dir = dir.path().display(),
+        );
+        let p = dir.path().join(format!("{out}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let server = Server::start(|s, _| Reply::Say(if s.user().contains("SW-2") { "Rating: [[3]]".into() } else { "Rating: [[7]]".into() }));
+    let run = |out: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        cmd.args(["run", recipe(out, &server.url).to_str().unwrap(), "--quiet"]).env("JUDGE_TEST_KEY", KEY);
+        for v in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            cmd.env_remove(v);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        o
+    };
+    let o = run("out1");
+    let out = dir.path().join("out1");
+    let run_dir = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.path()).find(|p| p.join("run.json").is_file()).expect("a finished run");
+    let summary = common::json(&run_dir.join("run.json"));
+    let mt = &summary["benchmarks"]["mt"];
+    assert_eq!((mt["score"].as_f64(), mt["items"].as_u64(), mt["unparsed"].as_u64()), (Some((7.0 + 3.0 + 7.0) / 3.0), Some(3), Some(0)), "{mt}");
+    assert_eq!((mt["spec"]["task"].as_str(), mt["spec"]["form"].as_str()), (Some("judge"), Some("generative")));
+    assert_eq!(lines(&run_dir.join("benchmarks/mt.jsonl")).len(), 3);
+    assert_eq!(lines(&run_dir.join("benchmarks/mt.answers.jsonl")).len(), 2);
+    let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert!(scores.lines().any(|l| l.contains(",mt,score,") && l.contains(",es,")), "per-language judge scores in scores.csv:\n{scores}");
+    assert_eq!(server.requests().len(), 3);
+    assert_key_nowhere(&o, &[&out, &dir.path().join("judge-cache")]);
+
+    // Another sweep over the same answers (the same seed trains the same adapter): all judgments from the cache.
+    run("out2");
+    assert_eq!(server.requests().len(), 3, "the second sweep asked the judge again");
+}

@@ -18,6 +18,7 @@ pub mod local;
 pub mod prompts;
 
 use crate::eval::multiturn::{Answered, Question};
+use crate::recipe::{BenchmarkSection, JudgeSection};
 use anyhow::{bail, Context, Result};
 use client::Endpoint;
 use prompts::{fill, JudgePrompt, Verdict};
@@ -420,34 +421,12 @@ pub fn write_results(judged: &Judged, items_path: &Path, summary_path: Option<&P
 pub struct JudgeSettings {
     /// MT-Bench-style questions.
     pub questions: PathBuf,
-    /// Reference answers by question id (else the questions' own `reference`).
-    pub reference: Option<PathBuf>,
-    /// pairwise: the baseline's answers.
-    pub baseline: Option<PathBuf>,
-    pub mode: String,
-    /// An OpenAI-compatible base URL (…/v1) or chat-completions URL; or
-    pub url: Option<String>,
-    /// a checkpoint (folder or hub id in the local cache) the trainer loads to judge offline.
-    pub local: Option<String>,
-    /// The local judge's chat template ("model": its own).
-    pub local_template: String,
-    /// The judge model's name at the endpoint.
-    pub model: Option<String>,
-    /// The judge's answer length limit (FastChat: 2048).
-    pub max_tokens: usize,
-    /// The environment variable holding the API key.
-    pub api_key_env: String,
-    pub concurrency: usize,
-    pub timeout_s: f64,
-    pub retries: usize,
-    pub cache_dir: Option<PathBuf>,
+    pub judge: JudgeSection,
     /// How the answering model is prompted.
     pub template: String,
     pub max_new_tokens: usize,
     pub batch_size: usize,
 }
-
-const ONE_JUDGE: &str = "name one judge: an endpoint (judge_url / --judge-url) or a local checkpoint (judge_local / --judge-local)";
 
 /// The environment variable a judge's API key is read from unless told otherwise.
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -471,42 +450,32 @@ pub struct JudgeTask {
 }
 
 impl JudgeSettings {
-    /// Checks what can be checked without reading files.
-    pub fn check(&self) -> Result<()> {
-        let mode = Mode::parse(&self.mode)?;
-        match (&self.url, &self.local) {
-            (Some(url), None) => {
-                client::completions_url(url)?;
-                anyhow::ensure!(self.model.as_ref().is_some_and(|m| !m.trim().is_empty()), "the judge model at {url} is not named (judge_model / --judge-model)");
-            }
-            (None, Some(_)) => {}
-            _ => bail!(ONE_JUDGE),
-        }
-        anyhow::ensure!(self.max_tokens > 0, "the judge's max_tokens must be at least 1");
-        anyhow::ensure!(mode == Mode::Single || self.baseline.is_some(), "pairwise judging needs the baseline's answers (baseline / --baseline)");
-        anyhow::ensure!(self.concurrency > 0, "judge concurrency must be at least 1");
-        anyhow::ensure!(self.timeout_s > 0.0 && self.timeout_s.is_finite(), "the judge timeout must be a positive number of seconds");
-        anyhow::ensure!(!self.api_key_env.is_empty(), "api_key_env names no environment variable");
-        Ok(())
+    /// A recipe's `task = "judge"` benchmark (its paths already resolved).
+    pub fn from_section(spec: &BenchmarkSection) -> Result<Self> {
+        let judge = spec.judge.clone().context("task = \"judge\" needs its judge table")?;
+        Ok(Self { questions: spec.path.clone(), judge, template: spec.template.clone(), max_new_tokens: spec.max_new_tokens, batch_size: spec.batch_size })
     }
 
     /// Reads the questions, references and baseline, and the API key from its environment variable (an unset
     /// variable is an error when one was named, and means "no key" for the default: local servers need none), or
     /// loads the local judge on `device`.
     pub fn load(&self, dtype: candle_core::DType, device: &candle_core::Device) -> Result<JudgeTask> {
-        self.check()?;
-        let backend = match (&self.url, &self.local) {
+        let j = &self.judge;
+        j.check()?;
+        anyhow::ensure!(self.batch_size > 0 && self.max_new_tokens > 0, "batch_size and max_new_tokens must be positive");
+        let backend = match (&j.url, &j.local) {
             (Some(url), None) => Backend::Http(self.endpoint(url)?),
-            (None, Some(local)) => Backend::Local(Box::new(local::LocalJudge::open(local, &self.local_template, self.max_tokens, dtype, device)?)),
-            _ => bail!(ONE_JUDGE),
+            (None, Some(local)) => Backend::Local(Box::new(local::LocalJudge::open(local, &j.template, j.max_tokens, dtype, device)?)),
+            _ => bail!("name one judge: an endpoint or a local checkpoint"),
         };
-        let config = JudgeConfig { backend, mode: Mode::parse(&self.mode)?, cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir), concurrency: self.concurrency, parse_retries: 2 };
+        let mode = Mode::parse(&j.mode)?;
+        let config = JudgeConfig { backend, mode, cache_dir: j.cache.clone().unwrap_or_else(default_cache_dir), concurrency: j.concurrency, parse_retries: 2 };
         let questions = crate::eval::multiturn::read_questions(&self.questions)?;
-        let references = self.reference.as_deref().map(read_references).transpose()?.unwrap_or_default();
+        let references = j.reference.as_deref().map(read_references).transpose()?.unwrap_or_default();
         for q in &questions {
             reference_for(q, &references).with_context(|| self.questions.display().to_string())?;
         }
-        let baseline = match (config.mode, &self.baseline) {
+        let baseline = match (mode, &j.baseline) {
             (Mode::Pairwise, Some(p)) => Some(crate::eval::multiturn::read_answers(p)?),
             _ => None,
         };
@@ -514,22 +483,23 @@ impl JudgeSettings {
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let api_key = match std::env::var(&self.api_key_env) {
+        let j = &self.judge;
+        let api_key = match std::env::var(&j.api_key_env) {
             Ok(k) if !k.is_empty() => Some(k),
-            _ if self.api_key_env == DEFAULT_API_KEY_ENV => None,
-            _ => bail!("the judge's API key variable {} is not set", self.api_key_env),
+            _ if j.api_key_env == DEFAULT_API_KEY_ENV => None,
+            _ => bail!("the judge's API key variable {} is not set", j.api_key_env),
         };
         // Tests shorten the waits between attempts; a run has no reason to.
         let backoff = std::env::var("TRAINER_JUDGE_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).map_or(Duration::from_secs(2), Duration::from_millis);
         Ok(Endpoint {
             url: client::completions_url(url)?,
-            model: self.model.clone().unwrap_or_default(),
+            model: j.model.clone().unwrap_or_default(),
             api_key,
-            timeout: Duration::from_secs_f64(self.timeout_s),
-            retries: self.retries,
+            timeout: Duration::from_secs_f64(j.timeout),
+            retries: j.retries,
             backoff,
             max_backoff: Duration::from_secs(60).max(backoff),
-            max_tokens: self.max_tokens,
+            max_tokens: j.max_tokens,
         })
     }
 }

@@ -14,6 +14,8 @@ pub enum Task {
     Loss { examples: Vec<Example>, languages: Vec<String>, batch_size: usize },
     Mc { items: Vec<McItem>, dev: Vec<McItem>, shots: usize, style: McStyle, batch_size: usize },
     Qa { items: Vec<QaItem>, dev: Vec<QaItem>, shots: usize, max_new_tokens: usize, batch_size: usize },
+    /// Answers to be judged: it writes its own answers and judgments files ([`run_benchmark`]).
+    Judge(Box<super::judge::JudgeTask>),
 }
 
 impl Task {
@@ -42,6 +44,7 @@ impl Task {
                 style: if spec.style == "letters" { McStyle::Letters } else { McStyle::Continuation },
                 batch_size: spec.batch_size,
             },
+            "judge" => Task::Judge(Box::new(super::judge::JudgeSettings::from_section(spec)?.load(session.model.dtype, &session.model.device).with_context(what)?)),
             _ => Task::Qa {
                 items: read_qa(&spec.path).with_context(what)?.into_iter().map(|mut it| {
                     it.language = it.language.or_else(|| spec.language.clone());
@@ -85,6 +88,7 @@ impl Task {
                 let lines = items.iter().zip(&r.item_scores).enumerate().map(|(i, (it, (acc, norm)))| about(i, &it.id, &it.language, json!({ "acc": acc, "acc_norm": norm }))).collect();
                 (serde_json::to_value(r)?, lines)
             }
+            Task::Judge(_) => anyhow::bail!("a judge task writes its answers and judgments to files: run it with run_benchmark"),
             Task::Qa { items, dev, shots, max_new_tokens, batch_size } => {
                 let (r, preds) = run_qa(model, adapter, &text.tokenizer, text.eos_id, text.pad_id, items, dev, *shots, *max_new_tokens, *batch_size)?;
                 let scores = score_qa_items(&preds, items);
@@ -98,6 +102,16 @@ impl Task {
 /// Runs a sweep's benchmark: its per-item scores go to `items_path` (JSON lines, see [`Task::run_items`]; none for
 /// loss tasks) and the returned metrics carry `spec` ([`BenchmarkSection::about`]) when the spec is known.
 pub fn run_benchmark(task: &Task, spec: Option<&BenchmarkSection>, session: &crate::session::Session, adapter: Option<&Adapter>, items_path: &std::path::Path) -> Result<serde_json::Value> {
+    if let Task::Judge(judge) = task {
+        // The judgments are the per-item lines; the model's answers go beside them (<name>.answers.jsonl).
+        let name = items_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let out = super::judge::JudgeOutputs { answers: items_path.with_file_name(format!("{name}.answers.jsonl")), judgments: items_path.to_path_buf(), summary: None };
+        let mut r = judge.run(session, adapter, &out)?;
+        if let Some(spec) = spec {
+            r["spec"] = spec.about();
+        }
+        return Ok(r);
+    }
     let (mut r, lines) = task.run_items(session, adapter)?;
     if !lines.is_empty() {
         let mut text = String::new();

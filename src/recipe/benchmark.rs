@@ -1,7 +1,7 @@
 //! One `[[evals]]` entry of a recipe (or `trainer eval`'s command line): what to score and how. A plain schema:
 //! reading and scoring the data is `crate::eval`'s job.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// An evaluation as the command line or a recipe's `[[evals]]` describes it.
@@ -11,7 +11,8 @@ pub struct BenchmarkSection {
     /// Its name in run.json and the report (recipes only).
     #[serde(default)]
     pub name: String,
-    /// "loss" (held-out loss and perplexity per language), "mc" (multiple choice) or "qa" (generative QA).
+    /// "loss" (held-out loss and perplexity per language), "mc" (multiple choice), "qa" (generative QA) or "judge"
+    /// (MT-Bench-style questions answered turn by turn and graded by an LLM judge).
     pub task: String,
     pub path: std::path::PathBuf,
     /// mc / qa: the items k-shot prompts take their examples from.
@@ -41,6 +42,95 @@ pub struct BenchmarkSection {
     /// "structured" (answers scored by choice: mc) or "generative" (free text: qa); default: from the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// judge: who grades the answers and how (`judge = { url = …, model = … }` or an `[evals.judge]` table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSection>,
+}
+
+/// The LLM judge of a `task = "judge"` benchmark (`trainer eval --task judge`'s --judge-* options).
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSection {
+    /// An OpenAI-compatible endpoint: its base URL (…/v1) or its /chat/completions URL; with `model`, the judge
+    /// model's name there.
+    pub url: Option<String>,
+    pub model: Option<String>,
+    /// Instead of an endpoint: a checkpoint (folder or hub id in the local cache) the trainer loads to judge
+    /// offline, and its chat template ("model": its own).
+    pub local: Option<String>,
+    #[serde(default = "model_template")]
+    pub template: String,
+    /// "single" (1–10 ratings, MT-Bench) or "pairwise" (against `baseline`, both orders; win rate).
+    #[serde(default = "single")]
+    pub mode: String,
+    /// Reference answers by question id (default: the questions' own `reference`); resolved like `path`.
+    pub reference: Option<std::path::PathBuf>,
+    /// pairwise: the baseline's answers; resolved like `path`.
+    pub baseline: Option<std::path::PathBuf>,
+    /// The environment variable holding the API key: its name, never the key.
+    #[serde(default = "openai_api_key")]
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    #[serde(default = "four")]
+    pub concurrency: usize,
+    /// Seconds per request before it is retried.
+    #[serde(default = "two_minutes")]
+    pub timeout: f64,
+    /// Attempts after the first on HTTP 429/5xx, timeouts and broken answers (exponential backoff).
+    #[serde(default = "five")]
+    pub retries: usize,
+    /// The judge's answer length limit (FastChat: 2048).
+    #[serde(default = "max_tokens")]
+    pub max_tokens: usize,
+    /// Where judgments are cached (relative to the working directory, like output_dir); default
+    /// ~/.cache/trainer/judge.
+    pub cache: Option<std::path::PathBuf>,
+}
+
+fn model_template() -> String {
+    "model".into()
+}
+fn single() -> String {
+    "single".into()
+}
+fn openai_api_key() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn four() -> usize {
+    4
+}
+fn two_minutes() -> f64 {
+    120.0
+}
+fn five() -> usize {
+    5
+}
+fn max_tokens() -> usize {
+    2048
+}
+
+impl JudgeSection {
+    /// Checks the settings without reading files or asking anyone.
+    pub fn check(&self) -> Result<()> {
+        match (&self.url, &self.local) {
+            (Some(url), None) => {
+                anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "judge url `{url}` must start with http:// or https://");
+                anyhow::ensure!(self.model.as_ref().is_some_and(|m| !m.trim().is_empty()), "the judge model at {url} is not named (judge model / --judge-model)");
+            }
+            (None, Some(_)) => anyhow::ensure!(self.model.is_none(), "judge model names a model at an endpoint; a local judge is named by `local` alone"),
+            _ => anyhow::bail!("name one judge: an endpoint (judge url and model / --judge-url and --judge-model) or a local checkpoint (judge local / --judge-local)"),
+        }
+        match self.mode.as_str() {
+            "single" => {}
+            "pairwise" => anyhow::ensure!(self.baseline.is_some(), "pairwise judging needs the baseline's answers (judge baseline / --baseline)"),
+            other => anyhow::bail!("judge mode must be single or pairwise, not `{other}`"),
+        }
+        anyhow::ensure!(self.concurrency > 0, "judge concurrency must be at least 1");
+        anyhow::ensure!(self.timeout > 0.0 && self.timeout.is_finite(), "the judge timeout must be a positive number of seconds");
+        anyhow::ensure!(self.max_tokens > 0, "the judge's max_tokens must be at least 1");
+        anyhow::ensure!(!self.api_key_env.is_empty() && !self.api_key_env.contains(char::is_whitespace), "api_key_env must name an environment variable");
+        Ok(())
+    }
 }
 
 fn continuation() -> String {
@@ -77,6 +167,7 @@ impl BenchmarkSection {
             batch_size,
             origin_type: None,
             form: None,
+            judge: None,
         };
         spec.check()?;
         Ok(spec)
@@ -85,8 +176,14 @@ impl BenchmarkSection {
     /// Checks the settings without reading data.
     pub fn check(&self) -> Result<()> {
         match self.task.as_str() {
-            "loss" | "mc" | "qa" => {}
-            other => anyhow::bail!("task must be loss, mc or qa, not `{other}`"),
+            "loss" | "mc" | "qa" | "judge" => {}
+            other => anyhow::bail!("task must be loss, mc, qa or judge, not `{other}`"),
+        }
+        match (&self.judge, self.task == "judge") {
+            (Some(j), true) => j.check().context("judge")?,
+            (None, true) => anyhow::bail!("task = \"judge\" needs its judge: judge = {{ url = \"https://…/v1\", model = \"…\" }} (or local = \"CHECKPOINT\")"),
+            (Some(_), false) => anyhow::bail!("a judge table only applies to task = \"judge\", not `{}`", self.task),
+            (None, false) => {}
         }
         if !["continuation", "letters"].contains(&self.style.as_str()) {
             anyhow::bail!("style must be continuation or letters, not `{}`", self.style);
@@ -105,11 +202,11 @@ impl BenchmarkSection {
         Ok(())
     }
 
-    /// The benchmark's form: as set, else structured for mc, generative for qa, none for loss.
+    /// The benchmark's form: as set, else structured for mc, generative for qa and judge, none for loss.
     pub fn form(&self) -> Option<String> {
         self.form.clone().or_else(|| match self.task.as_str() {
             "mc" => Some("structured".into()),
-            "qa" => Some("generative".into()),
+            "qa" | "judge" => Some("generative".into()),
             _ => None,
         })
     }
@@ -117,5 +214,36 @@ impl BenchmarkSection {
     /// What the report needs to know of the benchmark, stored under `spec` in its run.json result.
     pub fn about(&self) -> serde_json::Value {
         serde_json::json!({ "task": self.task, "language": self.language, "origin_type": self.origin_type, "form": self.form() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> Result<BenchmarkSection> {
+        let s: BenchmarkSection = toml::from_str(toml_text)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn a_judge_benchmark_with_its_table() {
+        let s = section("task = \"judge\"\npath = \"q.jsonl\"\n[judge]\nurl = \"https://api.openai.com/v1\"\nmodel = \"gpt-4\"\nmode = \"pairwise\"\nbaseline = \"a.jsonl\"\napi_key_env = \"MY_KEY\"").unwrap();
+        let j = s.judge.as_ref().unwrap();
+        assert_eq!((j.mode.as_str(), j.api_key_env.as_str(), j.concurrency, j.max_tokens, j.template.as_str()), ("pairwise", "MY_KEY", 4, 2048, "model"));
+        assert_eq!(s.form().as_deref(), Some("generative"));
+    }
+
+    #[test]
+    fn judge_mistakes_are_named() {
+        let err = |t: &str| format!("{:#}", section(t).unwrap_err());
+        assert!(err("task = \"judge\"\npath = \"q\"").contains("needs its judge"));
+        assert!(err("task = \"qa\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\" }").contains("only applies to task = \"judge\""));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\" }").contains("not named"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"x\", model = \"m\" }").contains("http://"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", mode = \"pairwise\" }").contains("baseline"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", local = \"ckpt\" }").contains("name one judge"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", api_key = \"sk-1\" }").contains("unknown field `api_key`"));
     }
 }
