@@ -5,11 +5,11 @@
 
 Steps:
   1. train a byte-level BPE tokenizer (vocab 1024; <pad>=0, <s>=1, </s>=2) on all text in data/samples/*.json but
-     es-test.json, plus the alpaca prompt templates, so Spanish and the template phrases tokenize compactly;
+     the two test sets (es-test.json, es-test-native.json), plus the alpaca prompt templates, so Spanish and the template phrases tokenize compactly;
   2. build a 4-layer LlamaForCausalLM (hidden 128, GQA 4/2 heads, tied embeddings), torch.manual_seed(0);
   3. pre-train it briefly (full parameters, AdamW 3e-3, cosine, 300 steps of 16 sequences)
-     on every sample file except the four the quickstart fine-tunes and tests on (es-native, es-translated,
-     es-round-trip, es-test): the alpaca-rendered en-native, ru-* and zh-* records and the multiturn-en/-es
+     on every sample file except the five the quickstart fine-tunes and tests on (es-native, es-translated,
+     es-round-trip, es-test, es-test-native): the alpaca-rendered en-native, ru-* and zh-* records and the multiturn-en/-es
      conversations as plain text. So it knows the alpaca format and a little Spanish, but none of the quickstart's
      Spanish instructions: what the quickstart's LoRA learns is learned there, and its loss falls;
   4. save it in bfloat16 with safetensors (no lm_head.weight, the embedding is tied) plus the tokenizer files;
@@ -51,12 +51,14 @@ PROMPT_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 
-# The quickstart fine-tunes on these and evaluates on es-test: the model never sees them in pre-training, so what
+# The quickstart fine-tunes on these and evaluates on es-test and es-test-native: the model never sees them in pre-training, so what
 # the quickstart's LoRA learns (Spanish instructions in the alpaca format) is learned there, not recalled.
-QUICKSTART = ["es-native.json", "es-translated.json", "es-round-trip.json", "es-test.json"]
-# The tokenizer sees every sample file but es-test (Spanish must tokenize compactly); pre-training sees the rest.
+QUICKSTART = ["es-native.json", "es-translated.json", "es-round-trip.json", "es-test.json", "es-test-native.json"]
+TEST_SETS = ["es-test.json", "es-test-native.json"]
+# The tokenizer sees every sample file but the test sets (Spanish must tokenize compactly); pre-training sees the
+# rest.
 ALL = sorted(os.path.basename(p) for p in glob.glob(os.path.join(SAMPLES, "*.json")))
-TOKENIZER_FILES = [n for n in ALL if n != "es-test.json"]
+TOKENIZER_FILES = [n for n in ALL if n not in TEST_SETS]
 PRETRAIN_FILES = [n for n in ALL if n not in QUICKSTART]
 
 MAX_STEPS = 300
@@ -78,7 +80,7 @@ third-party dataset.
 - Model: `LlamaForCausalLM`, vocab 1024, hidden 128, 4 layers, 4 attention heads / 2 key-value heads (head dim 32),
   intermediate 344, max positions 512, RMSNorm eps 1e-5, RoPE theta 10000, tied input/output embeddings
   (no `lm_head.weight` in the file), {n_params} parameters, stored in bfloat16 (`model.safetensors`).
-- Tokenizer: byte-level BPE (vocab 1024) trained on all text in `data/samples/*.json` except `es-test.json`, plus
+- Tokenizer: byte-level BPE (vocab 1024) trained on all text in `data/samples/*.json` except `es-test.json` (and `es-test-native.json`, written later), plus
   the alpaca templates;
   `<pad>`=0, `<s>`=1 (BOS, prepended by `encode(..., add_special_tokens=True)`), `</s>`=2 (EOS).
 - Pre-training: AdamW lr 3e-3, 10 warmup steps then cosine to 0, {steps} steps of 16 sequences (max 256 tokens),
@@ -86,7 +88,7 @@ third-party dataset.
   rendered with the alpaca prompt template and {n_conv} conversations as plain text, from
   {files}.
   **Not pre-trained on** the quickstart's fine-tuning and test data — `es-native.json`, `es-translated.json`,
-  `es-round-trip.json` and `es-test.json` —, so the quickstart's LoRA learns its Spanish instructions rather
+  `es-round-trip.json`, `es-test.json` and `es-test-native.json` —, so the quickstart's LoRA learns its Spanish instructions rather
   than recalling them; the only Spanish the model saw is `multiturn-es.json`'s 8 conversations.
 - Made with torch {torch_version}, transformers {tf_version}, tokenizers {tok_version}.
 

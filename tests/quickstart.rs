@@ -1,5 +1,6 @@
 //! The quickstart (`recipes/quickstart.toml`, unchanged) shows what the README promises: the training loss falls,
-//! the kept adapter is a later epoch than the first, and the two learning rates end apart on the shared test set.
+//! the kept adapter is a later epoch than the first, the two learning rates end apart on the shared test set, and
+//! on the natively written test set the native run ends lowest.
 //! About a minute on 2 cores.
 
 use serde_json::Value;
@@ -42,7 +43,9 @@ fn the_quickstart_shows_learning() {
     let conditions = ["es-native", "es-translated", "es-round-trip"];
     let run = |c: &str, lr: &str| out.join(format!("{c}-lr{lr}"));
     let summary = |c: &str, lr: &str| json(&run(c, lr).join("run.json"));
-    let test_loss = |c: &str, lr: &str| summary(c, lr)["sets"]["es-test"]["loss"].as_f64().unwrap();
+    let set_loss = |c: &str, lr: &str, set: &str| summary(c, lr)["sets"][set]["loss"].as_f64().unwrap();
+    let test_loss = |c: &str, lr: &str| set_loss(c, lr, "es-test");
+    let native_test_loss = |c: &str, lr: &str| set_loss(c, lr, "es-test-native");
     let heldout_loss = |c: &str, lr: &str| summary(c, lr)["heldout"]["loss"].as_f64().unwrap();
     let mut seen = String::new();
     for c in conditions {
@@ -50,11 +53,12 @@ fn the_quickstart_shows_learning() {
             let s = summary(c, lr);
             assert_eq!(s["status"], "ok", "{c}-lr{lr}: {s}");
             seen += &format!(
-                "{c}-lr{lr}: mean train loss per epoch {:.3?}, best epoch {}, held-out {:.3}, es-test {:.3}\n",
+                "{c}-lr{lr}: mean train loss per epoch {:.3?}, best epoch {}, held-out {:.3}, es-test {:.3}, es-test-native {:.3}\n",
                 epoch_losses(&run(c, lr)),
                 s["best"]["epoch"],
                 heldout_loss(c, lr),
-                test_loss(c, lr)
+                test_loss(c, lr),
+                native_test_loss(c, lr)
             );
         }
     }
@@ -69,11 +73,19 @@ fn the_quickstart_shows_learning() {
         // The learning rate matters: lr 1e-2 ends clearly lower than 1e-3 on the shared test set.
         assert!(test_loss(c, "1e-2") < test_loss(c, "1e-3") - MIN_LR_GAP, "{c}: lr 1e-2 vs 1e-3 on es-test\n{seen}");
     }
-    // No assertion that the origins differ: their own held-out shares are different texts (not a comparison), and
-    // on the shared es-test set the tiny model ends within a few hundredths for all three; the README says so.
+    // The origins: on the test set written natively (local topics, native register, as the study's native
+    // benchmarks) the native run ends lowest, clearly below the run on data translated from English. (Their own
+    // held-out shares are different texts, not a comparison; on es-test, generic topics in the register of
+    // machine translation, the three end within a few hundredths, and no order is asserted.)
+    let native = native_test_loss("es-native", "1e-2");
+    assert!(native < native_test_loss("es-round-trip", "1e-2"), "native vs round-trip on es-test-native\n{seen}");
+    assert!(native < native_test_loss("es-translated", "1e-2") - MIN_ORIGIN_GAP, "native vs translated on es-test-native\n{seen}");
     eprintln!("{seen}");
 }
 
 /// Margins (in nats of mean loss per target token) the README's quickstart paragraph promises.
 const MIN_TRAIN_DROP: f64 = 0.2;
 const MIN_LR_GAP: f64 = 0.1;
+/// Native vs translated on es-test-native at lr 1e-2, in nats: 0.048 at the recipe's seed (42); 0.033 and 0.053 at
+/// seeds 7 and 11.
+const MIN_ORIGIN_GAP: f64 = 0.02;

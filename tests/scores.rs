@@ -58,12 +58,14 @@ fn scores_csv_delta_s_and_report_agree() {
                 assert!((per_item.iter().sum::<f64>() / per_item.len() as f64 - expected).abs() < 1e-12);
             }
         }
-        // The shared set: loss and perplexity rows, without interval.
-        assert!(scores.iter().any(|r| r["run"] == run && r["benchmark"] == "es-test" && r["metric"] == "perplexity" && r["task"] == "set" && r["low"].is_empty()));
+        // The shared sets: loss and perplexity rows, without interval.
+        for set in ["es-test", "es-test-native"] {
+            assert!(scores.iter().any(|r| r["run"] == run && r["benchmark"] == set && r["metric"] == "perplexity" && r["task"] == "set" && r["low"].is_empty()));
+        }
     }
     assert_eq!(runs, 6);
-    // 6 runs × (mc: 2 metrics + qa: 4 metrics + the set: 2).
-    assert_eq!(scores.len(), 6 * 8);
+    // 6 runs × (mc: 2 metrics + qa: 4 metrics + the two sets: 2 each).
+    assert_eq!(scores.len(), 6 * 10);
 
     let report = read(&out.join("report.md"));
     let lead = report.find("## Benchmarks: native vs translated vs round-trip").expect("the benchmarks lead");
@@ -106,7 +108,7 @@ fn scores_csv_delta_s_and_report_agree() {
     let combined = tmp.path().join("combined");
     let o = trainer(&["report", out.to_str().unwrap(), other.to_str().unwrap(), "--out", combined.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(rows(&combined.join("scores.csv")).len(), 8 * 8);
+    assert_eq!(rows(&combined.join("scores.csv")).len(), 8 * 10);
     assert!(read(&combined.join("report.md")).contains("8 runs: 8 finished"));
     assert!(combined.join("plots/delta-mc-es.svg").is_file() && combined.join("plots/es-native.svg").is_file());
 }
