@@ -1,5 +1,5 @@
 //! The LLM judge (`--task judge`): a model's answers to MT-Bench-style questions graded by a strong model behind
-//! an OpenAI-compatible endpoint, as FastChat's llm_judge grades them.
+//! an OpenAI-compatible endpoint (or a checkpoint loaded here, [`local`]), as FastChat's llm_judge grades them.
 //!
 //! - single: every turn of every question gets a 1–10 rating (turn 1 with "single-v1", turn 2 with
 //!   "single-v1-multi-turn"; questions of the math, reasoning and coding categories with the reference-based
