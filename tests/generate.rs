@@ -1,6 +1,7 @@
 //! Generation: the key/value-cached decoder against the full forward (the CPU reference), and greedy decoding
 //! against transformers + PEFT `generate` (tests/fixtures/golden/generation.json, from
-//! `gen_fixtures.py gen-generation`): the same tokens, exactly, with all prompts in one left-padded batch.
+//! `gen_fixtures.py gen-generation`, and golden/generation-families.json from `gen-families` for the families added
+//! later): the same tokens, exactly, with all prompts in one left-padded batch.
 
 mod common;
 
@@ -20,8 +21,24 @@ fn open(name: &str) -> (Session, Adapter) {
     (session, adapter)
 }
 
+fn golden_file(file: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden").join(file)).unwrap()).unwrap()
+}
+
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden/generation.json")).unwrap()).unwrap()
+    golden_file("generation.json")
+}
+
+/// Both golden files, as one list of (file contents, model name).
+fn every_golden_model() -> Vec<(Value, String)> {
+    let mut out = Vec::new();
+    for file in ["generation.json", "generation-families.json"] {
+        let g = golden_file(file);
+        for name in g["models"].as_object().unwrap().keys() {
+            out.push((g.clone(), name.clone()));
+        }
+    }
+    out
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -34,9 +51,9 @@ fn greedy(max_new_tokens: usize) -> GenOptions {
 
 #[test]
 fn cached_decoding_gives_the_full_forward_logits() {
-    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded"] {
+    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "llama3-tied", "mistral-swa", "qwen3-qknorm"] {
         let (s, adapter) = open(name);
-        let g = golden();
+        let g = every_golden_model().into_iter().find(|(_, n)| n == name).expect("a golden generation").0;
         let rows: Vec<Vec<u32>> = g["models"][name]["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();
         // Prefill the first 10 tokens of each row (left-padded to the same width), then one token at a time.
         let prefill = 10;
@@ -65,9 +82,11 @@ fn cached_decoding_gives_the_full_forward_logits() {
 
 #[test]
 fn greedy_generation_matches_transformers_exactly() {
-    let g = golden();
-    let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
-    for (name, m) in g["models"].as_object().unwrap() {
+    let models = every_golden_model();
+    assert_eq!(models.len(), 7, "every fixture family generates");
+    for (g, name) in &models {
+        let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
+        let m = &g["models"][name.as_str()];
         let (s, adapter) = open(name);
         let eos = m["eos_token_id"].as_u64().unwrap() as u32;
         let rows = m["rows"].as_array().unwrap();

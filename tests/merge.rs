@@ -14,7 +14,7 @@ use trainer::data::format::Format;
 use trainer::data::TrainOn;
 use trainer::session::Session;
 
-const MODELS: [&str; 4] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied"];
+const MODELS: [&str; 7] = ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "llama3-tied", "mistral-swa", "qwen3-qknorm"];
 
 fn merge(model: &Path, adapter: &Path, out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))

@@ -2,10 +2,11 @@
 //! attends to everything cached. Rows may be left-padded to batch prompts of different lengths: padding keys are
 //! masked and each row's positions count only its real tokens, as transformers does with an attention mask.
 
+use super::layer::qk_heads;
 use super::Model;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::LoraSaved;
-use crate::ops::rope::{self, RopeTables};
+use crate::ops::rope::RopeTables;
 use crate::ops::{activation, rmsnorm};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
@@ -55,8 +56,7 @@ impl Model {
             positions.push(p);
             cache.key_valid[row].extend(v);
         }
-        let cfg = &self.cfg;
-        let rope = RopeTables::new(&positions, cfg.head_dim, cfg.rope_theta, self.dtype, &self.device)?;
+        let rope = self.rope_tables(&positions)?;
         let mask = self.decode_mask(&cache.key_valid, t)?;
         let mut x = self.embed_rows(ids)?;
         for li in 0..self.layers.len() {
@@ -67,16 +67,20 @@ impl Model {
         Ok(crate::ops::gemm::matmul(&h, &self.head().t()?)?.to_dtype(DType::F32)?)
     }
 
-    /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, and no
-    /// padding — except that every query sees its own key, so padding rows stay finite (a fully masked row
-    /// would turn into NaN and reach real rows through 0 × NaN).
+    /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, no
+    /// padding and, with a sliding window, only keys fewer than the window back (by index, as transformers
+    /// counts, padding included: left padding shifts a row's query and keys alike) — except that every query
+    /// sees its own key, so padding rows stay finite (a fully masked row would turn into NaN and reach real rows
+    /// through 0 × NaN).
     fn decode_mask(&self, key_valid: &[Vec<bool>], t: usize) -> Result<Tensor> {
         let total = key_valid.first().map_or(0, Vec::len);
         let past = total - t;
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
         let mut m = Vec::with_capacity(key_valid.len() * t * total);
         for row in key_valid {
             for i in 0..t {
-                m.extend(row.iter().enumerate().map(|(j, &ok)| if (ok && j <= past + i) || j == past + i { 0f32 } else { f32::NEG_INFINITY }));
+                let q = past + i;
+                m.extend(row.iter().enumerate().map(|(j, &ok)| if (ok && j <= q && q - j < window) || j == q { 0f32 } else { f32::NEG_INFINITY }));
             }
         }
         Ok(Tensor::from_vec(m, (key_valid.len(), 1, t, total), &self.device)?)
@@ -90,8 +94,8 @@ impl Model {
         let mut unused: [Option<LoraSaved>; 7] = Default::default();
         let (n1, _) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n1 = n1.flatten_to(1)?;
-        let q = rope::forward_heads(&self.project(li, Target::Q, &n1, adapter, None, &mut unused)?, rope, cfg.num_heads)?;
-        let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, None, &mut unused)?, rope, cfg.num_kv_heads)?;
+        let q = qk_heads(&self.project(li, Target::Q, &n1, adapter, None, &mut unused)?, lw.qk_norm.as_ref().map(|n| &n.0), cfg, rope, cfg.num_heads)?.0;
+        let k = qk_heads(&self.project(li, Target::K, &n1, adapter, None, &mut unused)?, lw.qk_norm.as_ref().map(|n| &n.1), cfg, rope, cfg.num_kv_heads)?.0;
         let v = self.project(li, Target::V, &n1, adapter, None, &mut unused)?.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
         let k = match cache.k[li].take() {
             Some(past) => Tensor::cat(&[&past, &k], 2)?,

@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 pub struct AttnMask {
     key_valid: Vec<Vec<bool>>,
     segments: Option<Vec<Vec<u32>>>,
+    /// Sliding window: query `i` sees key `j` only if `i - j < window`.
+    window: Option<usize>,
     device: Device,
     dense: OnceLock<Tensor>,
     tokens: OnceLock<(Tensor, Tensor)>,
@@ -23,10 +25,24 @@ impl AttnMask {
         Self {
             key_valid: key_valid.to_vec(),
             segments: segments.map(|s| s.to_vec()),
+            window: None,
             device: device.clone(),
             dense: OnceLock::new(),
             tokens: OnceLock::new(),
         }
+    }
+
+    /// Limits every query to the keys fewer than `window` tokens back (itself included), as transformers'
+    /// `sliding_window_overlay` does (`kv_idx > q_idx - window`).
+    pub fn with_window(mut self, window: Option<usize>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Whether the window hides any key: only then does the mask differ from the causal one. The fused CUDA
+    /// kernels know no window, so such masks take the Candle-op path there.
+    pub fn window_applies(&self) -> bool {
+        self.window.is_some_and(|w| w < self.key_valid.first().map_or(0, |r| r.len()))
     }
 
     /// The additive mask `[B, 1, T, T]` (see [`mask`]).
@@ -34,7 +50,7 @@ impl AttnMask {
         if let Some(m) = self.dense.get() {
             return Ok(m);
         }
-        let m = mask(&self.key_valid, self.segments.as_deref(), &self.device)?;
+        let m = windowed_mask(&self.key_valid, self.segments.as_deref(), self.window, &self.device)?;
         Ok(self.dense.get_or_init(|| m))
     }
 
@@ -65,22 +81,29 @@ fn use_tensor_cores(q: &Tensor) -> Result<bool> {
     Ok(q.dtype() == DType::BF16 && q.dim(2)? >= TENSOR_CORE_MIN_LEN)
 }
 
-/// Whether the fused CUDA kernels serve these inputs (CUDA, f32/bf16, an instantiated head dim, not tracked).
+/// Whether the fused CUDA kernels serve these inputs (CUDA, f32/bf16, an instantiated head dim, not tracked, no
+/// sliding window that hides keys: that falls back to the Candle ops over the dense mask).
 #[cfg(feature = "cuda")]
-fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<bool> {
-    Ok(crate::cuda::applies(&[q, k, v]) && crate::cuda::ATTENTION_HEAD_DIMS.contains(&q.dim(D::Minus1)?))
+fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<bool> {
+    Ok(crate::cuda::applies(&[q, k, v]) && crate::cuda::ATTENTION_HEAD_DIMS.contains(&q.dim(D::Minus1)?) && !mask.window_applies())
 }
 
 /// Additive mask `[B, 1, T, T]` (f32): 0 where query `i` may attend key `j` (`j ≤ i`, key not padding and in
-/// the same packed segment), `f32::MIN` elsewhere — transformers' eager convention, so a row with no visible key
+/// the same packed segment; see [`windowed_mask`] for a sliding window), `f32::MIN` elsewhere — transformers' eager convention, so a row with no visible key
 /// degrades to a uniform row instead of NaN.
 pub fn mask(key_valid: &[Vec<bool>], segments: Option<&[Vec<u32>]>, device: &Device) -> Result<Tensor> {
+    windowed_mask(key_valid, segments, None, device)
+}
+
+/// [`mask`] with a sliding window: key `j` is visible to query `i` only if also `i - j < window`.
+pub fn windowed_mask(key_valid: &[Vec<bool>], segments: Option<&[Vec<u32>]>, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let b = key_valid.len();
     let t = key_valid.first().map_or(0, |r| r.len());
+    let window = window.unwrap_or(usize::MAX);
     let mut m = vec![f32::MIN; b * t * t];
     for (bi, valid) in key_valid.iter().enumerate() {
         for i in 0..t {
-            for j in 0..=i {
+            for j in (i + 1).saturating_sub(window)..=i {
                 let same_segment = segments.is_none_or(|s| s[bi][i] == s[bi][j]);
                 if valid[j] && same_segment {
                     m[(bi * t + i) * t + j] = 0.0;
@@ -118,7 +141,7 @@ fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 /// `q`: `[B, Hq, T, d]`, `k`/`v`: `[B, Hkv, T, d]`. Returns `(o [B, Hq, T, d], lse [B, Hq, T, 1] f32)`.
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if use_cuda_kernels(q, k, v)? {
+    if use_cuda_kernels(q, k, v, mask)? {
         let (valid, seg) = mask.tokens()?;
         return if use_tensor_cores(q)? {
             crate::cuda::attention_fwd_chunked(q, k, v, valid, seg, scale, None)
@@ -146,7 +169,7 @@ fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, f
 #[allow(clippy::too_many_arguments)]
 pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &AttnMask, scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if use_cuda_kernels(q, k, v)? {
+    if use_cuda_kernels(q, k, v, mask)? {
         let (valid, seg) = mask.tokens()?;
         let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
         return if use_tensor_cores(q)? {
