@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub mod benchmark;
-pub use benchmark::{BenchmarkSection, MC_FORMATS, PROMPT_TEMPLATES, QA_FORMATS};
+pub use benchmark::{BenchmarkSection, JudgeSection, MC_FORMATS, PROMPT_TEMPLATES, QA_FORMATS};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

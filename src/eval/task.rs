@@ -19,6 +19,8 @@ pub enum Task {
     Qa { items: Vec<QaItem>, dev: Vec<QaItem>, shots: usize, max_new_tokens: usize, template: String, batch_size: usize },
     /// A generative benchmark in its released layout, scored as lm-eval's task.
     Bench { format: QaFormat, items: Vec<BenchItem>, dev: Vec<BenchItem>, shots: usize, max_new_tokens: usize, template: String, batch_size: usize },
+    /// Answers to be judged: it writes its own answers and judgments files ([`run_benchmark`]).
+    Judge(Box<super::judge::JudgeTask>),
 }
 
 impl Task {
@@ -62,6 +64,7 @@ impl Task {
                     batch_size: spec.batch_size,
                 }
             }
+            "judge" => Task::Judge(Box::new(super::judge::JudgeSettings::from_section(spec)?.load(session.model.dtype, &session.model.device).with_context(what)?)),
             _ => Task::Qa {
                 items: read_qa(&spec.path).with_context(what)?.into_iter().map(|mut it| {
                     it.language = it.language.or_else(|| spec.language.clone());
@@ -107,6 +110,7 @@ impl Task {
                 let lines = items.iter().zip(&r.item_scores).enumerate().map(|(i, (it, (acc, norm)))| about(i, &it.id, &it.language, json!({ "acc": acc, "acc_norm": norm }))).collect();
                 (serde_json::to_value(r)?, lines)
             }
+            Task::Judge(_) => anyhow::bail!("a judge task writes its answers and judgments to files: run it with run_benchmark"),
             Task::Qa { items, dev, shots, max_new_tokens, template, batch_size } => {
                 let template = PromptTemplate::parse(template, &text.tokenizer)?;
                 let (r, preds) = run_qa(model, adapter, &text.tokenizer, text.eos_id, text.pad_id, items, dev, *shots, &template, *max_new_tokens, *batch_size)?;
@@ -141,6 +145,16 @@ impl Task {
 /// Runs a sweep's benchmark: its per-item scores go to `items_path` (JSON lines, see [`Task::run_items`]; none for
 /// loss tasks) and the returned metrics carry `spec` ([`BenchmarkSection::about`]) when the spec is known.
 pub fn run_benchmark(task: &Task, spec: Option<&BenchmarkSection>, session: &crate::session::Session, adapter: Option<&Adapter>, items_path: &std::path::Path) -> Result<serde_json::Value> {
+    if let Task::Judge(judge) = task {
+        // The judgments are the per-item lines; the model's answers go beside them (<name>.answers.jsonl).
+        let name = items_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let out = super::judge::JudgeOutputs { answers: items_path.with_file_name(format!("{name}.answers.jsonl")), judgments: items_path.to_path_buf(), summary: None };
+        let mut r = judge.run(session, adapter, &out)?;
+        if let Some(spec) = spec {
+            r["spec"] = spec.about();
+        }
+        return Ok(r);
+    }
     let (mut r, lines) = task.run_items(session, adapter)?;
     if !lines.is_empty() {
         let mut text = String::new();
@@ -161,10 +175,13 @@ pub fn run_benchmark(task: &Task, spec: Option<&BenchmarkSection>, session: &cra
 
 /// One line for people: the task's headline numbers.
 pub fn summary_line(r: &serde_json::Value) -> String {
-    let keys = ["loss", "perplexity", "acc", "acc_norm", "exact_match", "f1", "contains", "number"];
+    let keys = ["loss", "perplexity", "acc", "acc_norm", "exact_match", "f1", "contains", "number", "score", "win_rate"];
     let mut parts: Vec<String> = keys.iter().filter_map(|k| r.get(*k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"))).collect();
     if let Some(n) = r.get("items").or_else(|| r.get("examples")) {
         parts.push(format!("({n} items)"));
+    }
+    if let Some(n) = r.get("unparsed").filter(|n| n.as_u64() != Some(0)) {
+        parts.push(format!("{n} unparsed judgments"));
     }
     parts.join("  ")
 }

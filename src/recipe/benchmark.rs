@@ -1,7 +1,7 @@
 //! One `[[evals]]` entry of a recipe (or `trainer eval`'s command line): what to score and how. A plain schema:
 //! reading and scoring the data is `crate::eval`'s job.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// An evaluation as the command line or a recipe's `[[evals]]` describes it.
@@ -11,7 +11,8 @@ pub struct BenchmarkSection {
     /// Its name in run.json and the report (recipes only).
     #[serde(default)]
     pub name: String,
-    /// "loss" (held-out loss and perplexity per language), "mc" (multiple choice) or "qa" (generative QA).
+    /// "loss" (held-out loss and perplexity per language), "mc" (multiple choice), "qa" (generative QA) or "judge"
+    /// (MT-Bench-style questions answered turn by turn and graded by an LLM judge).
     pub task: String,
     pub path: std::path::PathBuf,
     /// mc / qa: the items k-shot prompts take their examples from.
@@ -49,7 +50,97 @@ pub struct BenchmarkSection {
     /// "structured" (answers scored by choice: mc) or "generative" (free text: qa); default: from the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// judge: who grades the answers and how (`judge = { url = …, model = … }` or an `[evals.judge]` table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSection>,
 }
+
+/// The LLM judge of a `task = "judge"` benchmark (`trainer eval --task judge`'s --judge-* options).
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSection {
+    /// An OpenAI-compatible endpoint: its base URL (…/v1) or its /chat/completions URL; with `model`, the judge
+    /// model's name there.
+    pub url: Option<String>,
+    pub model: Option<String>,
+    /// Instead of an endpoint: a checkpoint (folder or hub id in the local cache) the trainer loads to judge
+    /// offline, and its chat template ("model": its own).
+    pub local: Option<String>,
+    #[serde(default = "model_template")]
+    pub template: String,
+    /// "single" (1–10 ratings, MT-Bench) or "pairwise" (against `baseline`, both orders; win rate).
+    #[serde(default = "single")]
+    pub mode: String,
+    /// Reference answers by question id (default: the questions' own `reference`); resolved like `path`.
+    pub reference: Option<std::path::PathBuf>,
+    /// pairwise: the baseline's answers; resolved like `path`.
+    pub baseline: Option<std::path::PathBuf>,
+    /// The environment variable holding the API key: its name, never the key.
+    #[serde(default = "openai_api_key")]
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    #[serde(default = "four")]
+    pub concurrency: usize,
+    /// Seconds per request before it is retried.
+    #[serde(default = "two_minutes")]
+    pub timeout: f64,
+    /// Attempts after the first on HTTP 429/5xx, timeouts and broken answers (exponential backoff).
+    #[serde(default = "five")]
+    pub retries: usize,
+    /// The judge's answer length limit (FastChat: 2048).
+    #[serde(default = "max_tokens")]
+    pub max_tokens: usize,
+    /// Where judgments are cached (relative to the working directory, like output_dir); default
+    /// ~/.cache/trainer/judge.
+    pub cache: Option<std::path::PathBuf>,
+}
+
+fn model_template() -> String {
+    "model".into()
+}
+fn single() -> String {
+    "single".into()
+}
+fn openai_api_key() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn four() -> usize {
+    4
+}
+fn two_minutes() -> f64 {
+    120.0
+}
+fn five() -> usize {
+    5
+}
+fn max_tokens() -> usize {
+    2048
+}
+
+impl JudgeSection {
+    /// Checks the settings without reading files or asking anyone.
+    pub fn check(&self) -> Result<()> {
+        match (&self.url, &self.local) {
+            (Some(url), None) => {
+                anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "judge url `{url}` must start with http:// or https://");
+                anyhow::ensure!(self.model.as_ref().is_some_and(|m| !m.trim().is_empty()), "the judge model at {url} is not named (judge model / --judge-model)");
+            }
+            (None, Some(_)) => anyhow::ensure!(self.model.is_none(), "judge model names a model at an endpoint; a local judge is named by `local` alone"),
+            _ => anyhow::bail!("name one judge: an endpoint (judge url and model / --judge-url and --judge-model) or a local checkpoint (judge local / --judge-local)"),
+        }
+        match self.mode.as_str() {
+            "single" => {}
+            "pairwise" => anyhow::ensure!(self.baseline.is_some(), "pairwise judging needs the baseline's answers (judge baseline / --baseline)"),
+            other => anyhow::bail!("judge mode must be single or pairwise, not `{other}`"),
+        }
+        anyhow::ensure!(self.concurrency > 0, "judge concurrency must be at least 1");
+        anyhow::ensure!(self.timeout > 0.0 && self.timeout.is_finite(), "the judge timeout must be a positive number of seconds");
+        anyhow::ensure!(self.max_tokens > 0, "the judge's max_tokens must be at least 1");
+        anyhow::ensure!(!self.api_key_env.is_empty() && !self.api_key_env.contains(char::is_whitespace), "api_key_env must name an environment variable");
+        Ok(())
+    }
+}
+
 
 fn continuation() -> String {
     "continuation".into()
@@ -105,6 +196,7 @@ impl BenchmarkSection {
             batch_size,
             origin_type: None,
             form: None,
+            judge: None,
         };
         spec.check()?;
         Ok(spec)
@@ -113,8 +205,14 @@ impl BenchmarkSection {
     /// Checks the settings without reading data.
     pub fn check(&self) -> Result<()> {
         match self.task.as_str() {
-            "loss" | "mc" | "qa" => {}
-            other => anyhow::bail!("task must be loss, mc or qa, not `{other}`"),
+            "loss" | "mc" | "qa" | "judge" => {}
+            other => anyhow::bail!("task must be loss, mc, qa or judge, not `{other}`"),
+        }
+        match (&self.judge, self.task == "judge") {
+            (Some(j), true) => j.check().context("judge")?,
+            (None, true) => anyhow::bail!("task = \"judge\" needs its judge: judge = {{ url = \"https://…/v1\", model = \"…\" }} (or local = \"CHECKPOINT\")"),
+            (Some(_), false) => anyhow::bail!("a judge table only applies to task = \"judge\", not `{}`", self.task),
+            (None, false) => {}
         }
         if !["continuation", "letters"].contains(&self.style.as_str()) {
             anyhow::bail!("style must be continuation or letters, not `{}`", self.style);
@@ -134,6 +232,7 @@ impl BenchmarkSection {
                 crate::data::format::Format::parse(self.format_name())?;
                 anyhow::ensure!(self.fields.is_empty(), "fields renames a benchmark format's columns; loss files take theirs from the data format");
             }
+            "judge" => anyhow::ensure!(self.format.is_none() && self.fields.is_empty(), "judge questions are read in MT-Bench's layout: no format or fields"),
             "qa" => anyhow::ensure!(QA_FORMATS.contains(&self.format_name()), "unknown qa format `{}` (known: {})", self.format_name(), QA_FORMATS.join(", ")),
             _ => {
                 let Some(columns) = mc_format_columns(self.format_name()) else {
@@ -160,21 +259,32 @@ impl BenchmarkSection {
     }
 
     /// The template as set, else the task's default: alpaca for loss (the training template), none for mc and qa
-    /// (lm-eval's plain prompt).
+    /// (lm-eval's plain prompt), the model's chat template for judge.
     pub fn template_name(&self) -> &str {
-        self.template.as_deref().unwrap_or(if self.task == "loss" { "alpaca" } else { "none" })
+        self.template.as_deref().unwrap_or(match self.task.as_str() {
+            "loss" => "alpaca",
+            // Two-turn questions need a chat template: the model's own.
+            "judge" => "model",
+            _ => "none",
+        })
     }
 
-    /// The answer length limit as set, else 64 for the generic qa format and lm-eval's 256 for benchmark formats.
+    /// The answer length limit as set, else 64 for the generic qa format, lm-eval's 256 for benchmark formats and
+    /// FastChat's 1024 for judged answers.
     pub fn max_new_tokens(&self) -> usize {
-        self.max_new_tokens.unwrap_or(if self.format_name() == "generic" { 64 } else { 256 })
+        self.max_new_tokens.unwrap_or(match (self.task.as_str(), self.format_name()) {
+            // FastChat's gen_model_answer answers MT-Bench with up to 1024 new tokens.
+            ("judge", _) => 1024,
+            (_, "generic") => 64,
+            _ => 256,
+        })
     }
 
-    /// The benchmark's form: as set, else structured for mc, generative for qa, none for loss.
+    /// The benchmark's form: as set, else structured for mc, generative for qa and judge, none for loss.
     pub fn form(&self) -> Option<String> {
         self.form.clone().or_else(|| match self.task.as_str() {
             "mc" => Some("structured".into()),
-            "qa" => Some("generative".into()),
+            "qa" | "judge" => Some("generative".into()),
             _ => None,
         })
     }
@@ -232,5 +342,36 @@ mod format_tests {
         assert!(err.contains("no field `Question`") && err.contains("choices.text"), "{err}");
         assert!(entry("format = \"mmmlu\"\nshots = 5").is_ok(), "MMMLU's examples come from the scored file");
         assert!(entry("format = \"mmlu\"\nshots = 5").unwrap_err().to_string().contains("need a dev file"));
+    }
+}
+
+#[cfg(test)]
+mod judge_tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> Result<BenchmarkSection> {
+        let s: BenchmarkSection = toml::from_str(toml_text)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn a_judge_benchmark_with_its_table() {
+        let s = section("task = \"judge\"\npath = \"q.jsonl\"\n[judge]\nurl = \"https://api.openai.com/v1\"\nmodel = \"gpt-4\"\nmode = \"pairwise\"\nbaseline = \"a.jsonl\"\napi_key_env = \"MY_KEY\"").unwrap();
+        let j = s.judge.as_ref().unwrap();
+        assert_eq!((j.mode.as_str(), j.api_key_env.as_str(), j.concurrency, j.max_tokens, j.template.as_str()), ("pairwise", "MY_KEY", 4, 2048, "model"));
+        assert_eq!(s.form().as_deref(), Some("generative"));
+    }
+
+    #[test]
+    fn judge_mistakes_are_named() {
+        let err = |t: &str| format!("{:#}", section(t).unwrap_err());
+        assert!(err("task = \"judge\"\npath = \"q\"").contains("needs its judge"));
+        assert!(err("task = \"qa\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\" }").contains("only applies to task = \"judge\""));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\" }").contains("not named"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"x\", model = \"m\" }").contains("http://"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", mode = \"pairwise\" }").contains("baseline"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", local = \"ckpt\" }").contains("name one judge"));
+        assert!(err("task = \"judge\"\npath = \"q\"\njudge = { url = \"http://x\", model = \"m\", api_key = \"sk-1\" }").contains("unknown field `api_key`"));
     }
 }

@@ -277,6 +277,17 @@ fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<Stri
     Ok(pipeline::expand_with_root(recipe, data_root)?.conditions.into_iter().map(|c| c.name).collect())
 }
 
+/// An `[[evals]]` entry with its files resolved against benchmarks_root: `path`, `dev` and the judge's `reference`
+/// and `baseline` (the judge's `cache`, like output_dir, is relative to the working directory).
+fn resolved_benchmark(recipe: &Recipe, spec: &crate::recipe::BenchmarkSection) -> crate::recipe::BenchmarkSection {
+    let judge = spec.judge.as_ref().map(|j| crate::recipe::JudgeSection {
+        reference: j.reference.as_ref().map(|p| recipe.resolve_benchmark(p)),
+        baseline: j.baseline.as_ref().map(|p| recipe.resolve_benchmark(p)),
+        ..j.clone()
+    });
+    crate::recipe::BenchmarkSection { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), judge, ..spec.clone() }
+}
+
 /// Expands the recipe and its data without training: what `trainer plan` shows.
 pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let recipe = load_recipe(recipe_path, opts)?;
@@ -284,7 +295,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let runs = selected_runs(&recipe, opts)?;
     // The benchmarks are read only after training: a missing file is found now, not hours later.
     for spec in &recipe.evals {
-        for p in std::iter::once(&spec.path).chain(&spec.dev) {
+        let judge_files = spec.judge.iter().flat_map(|j| j.reference.iter().chain(&j.baseline));
+        for p in std::iter::once(&spec.path).chain(&spec.dev).chain(judge_files) {
             let resolved = recipe.resolve_benchmark(p);
             if !resolved.is_file() {
                 bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());
@@ -535,7 +547,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
     ));
     let mut benchmarks = Vec::new();
     for spec in &recipe.evals {
-        let spec = crate::recipe::BenchmarkSection { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), ..spec.clone() };
+        let spec = resolved_benchmark(&recipe, spec);
         benchmarks.push((spec.name.clone(), crate::eval::Task::load(&spec, &session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
     Ok((recipe.clone(), session, conditions, sets, benchmarks, bad, dropped))
