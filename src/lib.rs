@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;
+pub mod hub;
 pub mod jsonutil;
 pub mod lora;
 pub mod merge;

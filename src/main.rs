@@ -87,7 +87,7 @@ enum Command {
     },
     /// Answers for every record of a data file (greedy or sampled, with a KV cache), as JSONL for a judge.
     Generate {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it the base model answers.
@@ -124,7 +124,7 @@ enum Command {
     },
     /// Fold a LoRA adapter into a checkpoint: a Hugging Face model folder (same dtype and shards) transformers loads.
     Merge {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory.
@@ -136,6 +136,21 @@ enum Command {
         /// Merge into a folder that is not empty, replacing files of the same names.
         #[arg(long)]
         force: bool,
+    },
+    /// Download a hub model (config, tokenizer, safetensors) into the Hugging Face cache ahead of a sweep, and
+    /// print its snapshot folder. Honours HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE.
+    Fetch {
+        /// The hub id: org/name, or org/name@revision.
+        model: String,
+        /// A branch, tag or commit (default main).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Only config and tokenizer files (what `trainer plan` reads).
+        #[arg(long)]
+        text_only: bool,
+        /// No progress bars or lines: only the folder on stdout.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Rebuild report.md, report.csv, scores.csv and plots/ from the finished runs in an output folder, or one
     /// report over several folders (e.g. one per model) into --out.
@@ -150,7 +165,7 @@ enum Command {
     /// Evaluate a model (+ adapter, or every adapter of a sweep's folder): held-out loss and perplexity per
     /// language (`--task loss`), multiple-choice log-likelihood (`mc`) or generative QA (`qa`).
     Eval {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it (and without --runs) the base model is evaluated.
@@ -226,6 +241,7 @@ fn real_main() -> Result<i32> {
                 ("text", false) => Mode::Bars,
                 (other, _) => anyhow::bail!("--log-format must be text or json, not `{other}`"),
             };
+            trainer::hub::set_quiet(mode != Mode::Bars);
             let opts = args.options(output_dir)?;
             if !gpus.is_empty() {
                 return run_on_gpus(&args, &opts, &gpus, &log_format);
@@ -292,6 +308,14 @@ fn real_main() -> Result<i32> {
         Command::Merge { model, adapter, out, force } => {
             let s = trainer::merge::merge(&model, &adapter, &out, force)?;
             eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
+            Ok(0)
+        }
+        Command::Fetch { model, revision, text_only, quiet } => {
+            trainer::hub::set_quiet(quiet);
+            let need = if text_only { trainer::checkpoint::Need::Text } else { trainer::checkpoint::Need::Weights };
+            // A hub id only: a local folder of the same name must not shadow it.
+            let files = trainer::checkpoint::locate_hub(&model, revision.as_deref(), need)?;
+            println!("{}", files.dir.display());
             Ok(0)
         }
         Command::Report { dirs, out } => {

@@ -15,6 +15,7 @@ use crate::data::filter::Dropped;
 use crate::data::pipeline::{self, BadRecords, ConditionData, EvalSet};
 use crate::data::TrainOn;
 use crate::recipe::{ModelSection, Recipe};
+use crate::checkpoint::Need;
 use crate::session::{ModelText, Session};
 use anyhow::{bail, Context, Result};
 use progress::{Mode, Progress};
@@ -115,7 +116,8 @@ pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
         // A path given on the command line is relative to the working directory, not to the recipe.
         let path = if Path::new(m).exists() { std::fs::canonicalize(m).with_context(|| format!("--model {m}"))?.to_string_lossy().into_owned() } else { m.clone() };
         let template = recipe.models().into_iter().next().expect("validated: at least one model");
-        recipe.model = Some(ModelSection { path, name: None, ..template });
+        // The recipe's revision belongs to the recipe's model: `--model org/name@rev` names another's.
+        recipe.model = Some(ModelSection { path, name: None, revision: None, ..template });
         recipe.models.clear();
     }
     if let Some(d) = &opts.benchmarks_root {
@@ -296,7 +298,9 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
         if mine.is_empty() {
             continue;
         }
-        let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
+        // Planning reads the config and tokenizer only: a hub model's weights are not downloaded for it.
+        let files = locate(model, &recipe.base_dir, Need::Text).with_context(|| format!("model `{}`", model.short_name()))?;
+        let text = ModelText::from_files(files).with_context(|| format!("model `{}`", model.short_name()))?;
         let mut found = Vec::new();
         let recipe = &bounded_for_model(&recipe, model, &text.config, &mut found);
         let (conditions, _, b, d) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
@@ -362,7 +366,11 @@ fn fingerprint(recipe: &Recipe, model: &ModelSection, c: &ConditionData, g: &Gri
     train["lr"] = serde_json::json!(g.lr);
     train["checkpoint_every"] = serde_json::Value::Null;
     let what = serde_json::json!({
-        "model": model.path,
+        // A revision joins the path only when one is given, so folders trained before revisions existed still match.
+        "model": match &model.revision {
+            Some(r) => format!("{}@{r}", model.path),
+            None => model.path.clone(),
+        },
         "condition": c.name,
         "seed": g.seed,
         "data_seed": recipe.seed,
@@ -393,16 +401,21 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
     let runs = selected_runs(&recipe, opts)?;
+    // Every model is found (hub models downloaded, with their own progress bars) before the sweep's bars start;
+    // a model that cannot be had fails its runs below.
+    let located: Vec<Option<Result<crate::checkpoint::ModelFiles>>> = models
+        .iter()
+        .enumerate()
+        .map(|(mi, m)| runs.iter().any(|g| g.model == mi).then(|| locate(m, &recipe.base_dir, Need::Weights)))
+        .collect();
     // The output folder is created by the first run that writes into it: a recipe refused once its data and
     // model are read leaves nothing behind.
     let mut progress = Progress::new(mode, runs.len());
     let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0, busy: Vec::new() };
-    for (mi, model) in models.iter().enumerate() {
+    for ((mi, model), files) in models.iter().enumerate().zip(located) {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
+        let Some(files) = files else { continue };
+        let prepared = files.and_then(|files| prepare_model(&recipe, model, files, opts.data_root.as_deref(), &progress));
         let (recipe, session, conditions, sets, benchmarks, bad, dropped) = match prepared {
             Ok(x) => x,
             Err(e) => {
@@ -505,10 +518,15 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
 /// A model's recipe (bounded for it), session, data and benchmarks.
 type Prepared = (Recipe, Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords, Dropped);
 
-fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
+/// A recipe model's files: a folder, or a hub id at the model's revision (downloaded when the cache lacks `need`).
+fn locate(model: &ModelSection, base_dir: &Path, need: Need) -> Result<crate::checkpoint::ModelFiles> {
+    crate::checkpoint::locate_model(&model.path, Some(base_dir), model.revision.as_deref(), need)
+}
+
+fn prepare_model(recipe: &Recipe, model: &ModelSection, files: crate::checkpoint::ModelFiles, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
     let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
-    let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
+    let session = Session::from_files(files, dtype, &device)?;
     let mut warnings = Vec::new();
     let recipe = bounded_for_model(recipe, model, &session.model.cfg, &mut warnings);
     for w in &warnings {
