@@ -12,6 +12,7 @@ pub mod generate;
 pub mod hub;
 pub mod jsonutil;
 pub mod lora;
+pub mod memory;
 pub mod merge;
 pub mod model;
 pub mod names;

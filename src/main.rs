@@ -283,6 +283,16 @@ fn real_main() -> Result<i32> {
                 for line in trainer::data::filter::describe(&plan.dropped) {
                     println!("{line}");
                 }
+                for m in &plan.memory {
+                    let e = &m.estimate;
+                    let gb = trainer::memory::format_bytes;
+                    let (set, other) = if e.gradient_checkpointing { ("with", "without") } else { ("without", "with") };
+                    println!(
+                        "memory {} ({}, {}; micro-batch {}×{} tokens): weights {}, LoRA state {}, activations {} ({} with gradient_checkpointing), temporaries {}; peak {} {set} recomputation ({} {other})",
+                        m.model, e.dtype, e.device, e.micro_batch_sequences, e.micro_batch_tokens / e.micro_batch_sequences.max(1), gb(e.weights_bytes), gb(e.lora_state_bytes),
+                        gb(e.activations_bytes), gb(e.activations_recompute_bytes), gb(e.temporaries_bytes), gb(e.peak_bytes), gb(e.peak_other_setting_bytes)
+                    );
+                }
             }
             Ok(0)
         }

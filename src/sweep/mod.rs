@@ -293,6 +293,7 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let mut bad = BadRecords::default();
     let mut dropped = Dropped::new();
     let mut warnings = Vec::new();
+    let mut memory = Vec::new();
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
         if mine.is_empty() {
@@ -309,7 +310,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
             bad = b;
             dropped = d;
         }
-        let counts: Vec<usize> = conditions.iter().map(|c| sequences(recipe, &c.train).len()).collect();
+        let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(recipe, &c.train)).collect();
+        let counts: Vec<usize> = seqs.iter().map(Vec::len).collect();
         found.extend(data_warnings(recipe, &conditions, &counts));
         for w in found {
             if !warnings.contains(&w) {
@@ -319,8 +321,10 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
         for g in mine {
             out.push(planned(recipe, g, model, &conditions[g.condition], counts[g.condition]));
         }
+        let longest = seqs.iter().flatten().map(|e| e.ids.len()).max().unwrap_or(0);
+        memory.push(memory_estimate(recipe, model, &text, longest).with_context(|| format!("model `{}`: memory estimate", model.short_name()))?);
     }
-    Ok(Plan { runs: out, bad_records: bad, dropped, warnings })
+    Ok(Plan { runs: out, bad_records: bad, dropped, warnings, memory })
 }
 
 /// What `trainer plan` shows.
@@ -332,6 +336,39 @@ pub struct Plan {
     pub dropped: Dropped,
     /// Settings that will run but probably not as meant (e.g. warmup longer than the run).
     pub warnings: Vec<String>,
+    /// Per model: the memory a training step needs, estimated from its config.
+    pub memory: Vec<ModelMemory>,
+}
+
+/// One model's memory estimate in a plan.
+#[derive(Debug, Serialize)]
+pub struct ModelMemory {
+    pub model: String,
+    #[serde(flatten)]
+    pub estimate: crate::memory::MemoryEstimate,
+}
+
+/// The estimate for `model`'s runs: its dtype and device, the recipe's micro-batch and LoRA, and sequences as
+/// long as the longest the data gives (at most max_seq_len).
+fn memory_estimate(recipe: &Recipe, model: &ModelSection, text: &ModelText, longest: usize) -> Result<ModelMemory> {
+    let cuda = model.device.starts_with("cuda");
+    let dtype = crate::runtime::dtype_for(&model.dtype, cuda)?;
+    let config = std::fs::read_to_string(&text.files.config).with_context(|| format!("cannot read {}", text.files.config.display()))?;
+    let json: serde_json::Value = crate::jsonutil::from_str(&config).with_context(|| format!("{} is not valid JSON", text.files.config.display()))?;
+    let shape = crate::memory::Shape::from_config(&json).with_context(|| text.files.config.display().to_string())?;
+    let spec = recipe.lora.spec()?;
+    let t = &recipe.train;
+    let run = crate::memory::RunShape {
+        dtype_bytes: dtype.size_in_bytes(),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        cuda,
+        micro_batch: t.micro_batch_size.unwrap_or(t.batch_size),
+        seq_len: longest.max(1).min(t.max_seq_len),
+        lora_r: spec.r,
+        targets: spec.targets.iter().map(|t| t.index()).collect(),
+        recompute: t.gradient_checkpointing,
+    };
+    Ok(ModelMemory { model: model.short_name(), estimate: crate::memory::estimate(&shape, &run) })
 }
 
 /// The runs of the grid this invocation trains: its shard, and only the named runs when names are given.
