@@ -437,4 +437,7 @@ fn plan_reads_only_the_text_side_and_run_downloads_and_trains() {
     let text = std::fs::read_to_string(&r).unwrap().replace("path = \"org/tiny\"", "path = \"org/tiny@main\"");
     std::fs::write(&r, text).unwrap();
     fails(&trainer(&server, home.path(), &[], &["plan", r.to_str().unwrap()]), &["revision", "main", "v1.0"]);
+    let text = std::fs::read_to_string(&r).unwrap().replace("path = \"org/tiny@main\"", &format!("path = \"{}\"", fixture("llama-gqa").display()));
+    std::fs::write(&r, text).unwrap();
+    fails(&trainer(&server, home.path(), &[], &["plan", r.to_str().unwrap()]), &["local folder", "hub ids only"]);
 }

@@ -63,8 +63,10 @@ impl RepoCache {
     /// whose snapshot is there. `None` when the cache does not know it.
     pub fn commit_for(&self, revision: &str) -> Option<String> {
         if let Ok(text) = std::fs::read_to_string(self.ref_path(revision)) {
+            // The Hub writes 40-digit hashes; anything that is one plain folder name is taken, as huggingface_hub
+            // takes it.
             let commit = text.trim();
-            if is_commit_hash(commit) {
+            if !commit.is_empty() && commit.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Some(commit.to_string());
             }
         }

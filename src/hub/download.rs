@@ -333,6 +333,10 @@ fn fetch_blob(client: &Client, repo: &RepoCache, repo_id: &str, commit: &str, re
         let mut reader = response.into_reader();
         let mut buf = vec![0u8; 1 << 18];
         loop {
+            // Ctrl-C in a sweep (its handler only sets this flag): stop here, keeping the partial file to resume.
+            if crate::sweep::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Failure::Fatal(anyhow::anyhow!("interrupted: {} of {} bytes of {} are kept in {}; run again to resume", bar.position(), remote.size, remote.name, part.display())));
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,

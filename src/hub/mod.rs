@@ -93,9 +93,10 @@ pub fn cached_snapshot(settings: &HubSettings, repo_id: &str, revision: &str) ->
 
 /// The error for a model that is not (completely) in the cache while `HF_HUB_OFFLINE` forbids the network.
 pub fn offline_error(settings: &HubSettings, repo_id: &str, revision: &str, why: Option<&str>) -> anyhow::Error {
+    let folder = RepoCache::new(&settings.cache, repo_id).root();
     let state = match why {
-        Some(why) => format!("is incomplete in the Hugging Face cache {} ({why})", settings.cache.display()),
-        None => format!("is not in the Hugging Face cache {}", settings.cache.display()),
+        Some(why) => format!("is incomplete in the Hugging Face cache ({why})"),
+        None => format!("is not in the Hugging Face cache ({} has no snapshot of it)", folder.display()),
     };
     anyhow::anyhow!("model `{repo_id}` (revision {revision}) {state}, and HF_HUB_OFFLINE=1 forbids downloading it: run `trainer fetch {repo_id}` where the Hub is reachable, or unset HF_HUB_OFFLINE")
 }

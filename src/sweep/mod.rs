@@ -445,6 +445,10 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
         .enumerate()
         .map(|(mi, m)| runs.iter().any(|g| g.model == mi).then(|| locate(m, &recipe.base_dir, Need::Weights)))
         .collect();
+    // Ctrl-C during a download stops it (the partial file is kept): the sweep stops too, no run failed.
+    if let Some(first) = runs.first().filter(|_| INTERRUPTED.load(Ordering::SeqCst)) {
+        return Err(Interrupted::BetweenRuns { next: first.name.clone() }.into());
+    }
     // The output folder is created by the first run that writes into it: a recipe refused once its data and
     // model are read leaves nothing behind.
     let mut progress = Progress::new(mode, runs.len());
