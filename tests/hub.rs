@@ -48,6 +48,9 @@ struct State {
     repos: BTreeMap<String, HubRepo>,
     /// Blobs whose next full (non-range) download is cut after half its bytes.
     drop_once: BTreeSet<String>,
+    /// Blobs whose next full download trickles (4 KiB every 20 ms), and the bytes sent of it so far.
+    slow_once: BTreeSet<String>,
+    slow_sent: usize,
     seen: Vec<Seen>,
 }
 
@@ -103,6 +106,14 @@ impl Server {
 
     fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    fn slow_once(&self, etag: &str) {
+        self.state.lock().unwrap().slow_once.insert(etag.to_string());
+    }
+
+    fn slow_sent(&self) -> usize {
+        self.state.lock().unwrap().slow_sent
     }
 
     fn drop_once(&self, etag: &str) {
@@ -178,6 +189,16 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) -> std::io::Re
                 return respond(&mut stream, "416 Range Not Satisfiable", &[("Content-Range", format!("bytes */{n}"))], b"");
             }
             return respond(&mut stream, "206 Partial Content", &[("Content-Range", format!("bytes {start}-{}/{n}", n - 1))], &file.bytes[start..]);
+        }
+        if st.slow_once.remove(etag) {
+            drop(st);
+            stream.write_all(format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {n}\r\n\r\n").as_bytes())?;
+            for chunk in file.bytes.chunks(4096) {
+                stream.write_all(chunk)?;
+                state.lock().unwrap().slow_sent += chunk.len();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            return Ok(());
         }
         if st.drop_once.remove(etag) {
             drop(st);
@@ -440,4 +461,42 @@ fn plan_reads_only_the_text_side_and_run_downloads_and_trains() {
     let text = std::fs::read_to_string(&r).unwrap().replace("path = \"org/tiny@main\"", &format!("path = \"{}\"", fixture("llama-gqa").display()));
     std::fs::write(&r, text).unwrap();
     fails(&trainer(&server, home.path(), &[], &["plan", r.to_str().unwrap()]), &["local folder", "hub ids only"]);
+}
+
+/// Ctrl-C while `trainer run` downloads: the download stops, the partial file stays, the sweep exits 130 with no
+/// run marked failed; the next run resumes the file with a Range request.
+#[test]
+fn ctrl_c_stops_a_download_and_the_next_run_resumes_it() {
+    let server = server();
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("llama-gqa/model.safetensors")).unwrap();
+    let weights = hex(&Sha256::digest(&bytes));
+    server.slow_once(&weights);
+    let r = recipe(work.path(), None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    for v in ["HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN_PATH", "XDG_CACHE_HOME"] {
+        cmd.env_remove(v);
+    }
+    let child = cmd.env("HF_ENDPOINT", server.endpoint()).env("HF_HOME", home.path()).args(["run", r.to_str().unwrap(), "--quiet"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while server.slow_sent() < 40_000 {
+        assert!(start.elapsed().as_secs() < 60, "the download never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted"), "{e}");
+    let part = home.path().join(format!("hub/models--org--tiny/blobs/{weights}.incomplete"));
+    let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 0 && (kept as usize) < bytes.len(), "partial file: {kept} bytes");
+    assert!(!work.path().join("out/hub-lr1e-3/run.json").exists(), "no run recorded as failed");
+
+    ok(&trainer(&server, home.path(), &[], &["run", r.to_str().unwrap(), "--quiet"]));
+    let ranges: Vec<Option<String>> = server.seen().iter().filter(|s| s.path.ends_with(&weights)).map(|s| s.range.clone()).collect();
+    assert_eq!(ranges, vec![None, Some(format!("bytes={kept}-"))]);
+    let snapshot = home.path().join("hub/models--org--tiny/snapshots").join(SHA_TINY);
+    assert!(std::fs::read(snapshot.join("model.safetensors")).unwrap() == bytes);
 }
