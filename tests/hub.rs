@@ -51,6 +51,8 @@ struct State {
     /// Blobs whose next full download trickles (4 KiB every 20 ms), and the bytes sent of it so far.
     slow_once: BTreeSet<String>,
     slow_sent: usize,
+    /// Blobs whose next range request is answered with the whole file (200), as servers without range support do.
+    ignore_range_once: BTreeSet<String>,
     seen: Vec<Seen>,
 }
 
@@ -184,7 +186,8 @@ fn handle(mut stream: TcpStream, port: u16, state: &Mutex<State>) -> std::io::Re
     if let Some(etag) = path.strip_prefix("/cdn/") {
         let Some(file) = st.repos.values().flat_map(|r| &r.files).find(|f| f.etag == etag).cloned() else { return not_found(&mut stream) };
         let n = file.bytes.len();
-        if let Some(start) = seen.range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<usize>().ok()) {
+        let ignore_range = st.ignore_range_once.remove(etag);
+        if let Some(start) = seen.range.as_deref().filter(|_| !ignore_range).and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<usize>().ok()) {
             if start >= n {
                 return respond(&mut stream, "416 Range Not Satisfiable", &[("Content-Range", format!("bytes */{n}"))], b"");
             }
@@ -358,6 +361,16 @@ fn an_interrupted_download_resumes_from_its_incomplete_file() {
     std::fs::write(blobs.join(format!("{weights}.incomplete")), vec![7u8; 1000]).unwrap();
     let snapshot = PathBuf::from(ok(&trainer(&server, home.path(), &[], &["fetch", "org/tiny", "--quiet"])));
     assert!(std::fs::read(snapshot.join("model.safetensors")).unwrap() == bytes, "a corrupt partial file is not kept");
+    // A server that ignores the range and sends the whole file: the partial file is started over, not appended to.
+    let home = tempfile::tempdir().unwrap();
+    let blobs = home.path().join("hub/models--org--tiny/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{weights}.incomplete")), &bytes[..1000]).unwrap();
+    server.state.lock().unwrap().ignore_range_once.insert(weights.clone());
+    let before = server.seen().len();
+    let snapshot = PathBuf::from(ok(&trainer(&server, home.path(), &[], &["fetch", "org/tiny", "--quiet"])));
+    assert!(std::fs::read(snapshot.join("model.safetensors")).unwrap() == bytes, "a whole-file answer to a range request replaces the partial file");
+    assert_eq!(server.seen()[before..].iter().filter(|s| s.path.ends_with(&weights)).count(), 1, "one request sufficed");
 }
 
 #[test]

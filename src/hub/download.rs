@@ -327,6 +327,7 @@ fn fetch_blob(client: &Client, repo: &RepoCache, repo_id: &str, commit: &str, re
             _ if have > 0 => {
                 file.set_len(0).map_err(|e| fatal(e, "cannot truncate"))?;
                 hasher.reset();
+                bar.set_position(0);
             }
             _ => {}
         }
@@ -358,7 +359,8 @@ fn fetch_blob(client: &Client, repo: &RepoCache, repo_id: &str, commit: &str, re
     })?;
     bar.finish_and_clear();
     std::fs::rename(&part, &blob).with_context(|| format!("cannot rename {} to {}", part.display(), blob.display()))?;
-    if client.settings.progress && bar.is_hidden() {
+    // The bar is cleared: a line stays for each file, in a terminal and in a log alike.
+    if client.settings.progress {
         eprintln!("fetched {} ({})", remote.name, human(remote.size));
     }
     drop(lock);
