@@ -55,7 +55,8 @@ pub fn locate_model(spec: &str, base_dir: Option<&Path>, revision: Option<&str>,
     if !crate::hub::looks_like_hub_id(id) {
         bail!("model `{spec}` not found: looked in {} (and it is not a hub id `org/name`)", tried.join(", "));
     }
-    locate_hub(spec, revision, need)
+    // A mistyped local folder of two parts reads as a hub id: the error says both.
+    locate_hub(spec, revision, need).with_context(|| format!("model `{spec}`: no such folder (looked in {}), so it was taken as a hub id", tried.join(", ")))
 }
 
 /// A hub model `org/name[@revision]` only (no local folder of that name is looked at): from the cache when it
