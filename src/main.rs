@@ -87,7 +87,7 @@ enum Command {
     },
     /// Answers for every record of a data file (greedy or sampled, with a KV cache), as JSONL for a judge.
     Generate {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it the base model answers.
@@ -127,7 +127,7 @@ enum Command {
     },
     /// Fold a LoRA adapter into a checkpoint: a Hugging Face model folder (same dtype and shards) transformers loads.
     Merge {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory.
@@ -139,6 +139,21 @@ enum Command {
         /// Merge into a folder that is not empty, replacing files of the same names.
         #[arg(long)]
         force: bool,
+    },
+    /// Download a hub model (config, tokenizer, safetensors) into the Hugging Face cache ahead of a sweep, and
+    /// print its snapshot folder. Honours HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE.
+    Fetch {
+        /// The hub id: org/name, or org/name@revision.
+        model: String,
+        /// A branch, tag or commit (default main).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Only config and tokenizer files (what `trainer plan` reads).
+        #[arg(long)]
+        text_only: bool,
+        /// No progress bars or lines: only the folder on stdout.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Rebuild report.md, report.csv, scores.csv and plots/ from the finished runs in an output folder, or one
     /// report over several folders (e.g. one per model) into --out.
@@ -154,7 +169,7 @@ enum Command {
     /// language (`--task loss`), multiple-choice log-likelihood (`mc`), generative QA (`qa`) or answers to
     /// MT-Bench-style questions graded by an LLM judge (`judge`).
     Eval {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it (and without --runs) the base model is evaluated.
@@ -288,6 +303,7 @@ fn real_main() -> Result<i32> {
                 ("text", false) => Mode::Bars,
                 (other, _) => anyhow::bail!("--log-format must be text or json, not `{other}`"),
             };
+            trainer::hub::set_quiet(mode != Mode::Bars);
             let opts = args.options(output_dir)?;
             if !gpus.is_empty() {
                 return run_on_gpus(&args, &opts, &gpus, &log_format);
@@ -329,6 +345,16 @@ fn real_main() -> Result<i32> {
                 for line in trainer::data::filter::describe(&plan.dropped) {
                     println!("{line}");
                 }
+                for m in &plan.memory {
+                    let e = &m.estimate;
+                    let gb = trainer::memory::format_bytes;
+                    let (set, other) = if e.gradient_checkpointing { ("with", "without") } else { ("without", "with") };
+                    println!(
+                        "memory {} ({}, {}; micro-batch {}×{} tokens): weights {}, LoRA state {}, activations {} ({} with gradient_checkpointing), temporaries {}; peak {} {set} recomputation ({} {other})",
+                        m.model, e.dtype, e.device, e.micro_batch_sequences, e.micro_batch_tokens / e.micro_batch_sequences.max(1), gb(e.weights_bytes), gb(e.lora_state_bytes),
+                        gb(e.activations_bytes), gb(e.activations_recompute_bytes), gb(e.temporaries_bytes), gb(e.peak_bytes), gb(e.peak_other_setting_bytes)
+                    );
+                }
             }
             Ok(0)
         }
@@ -366,6 +392,14 @@ fn real_main() -> Result<i32> {
         Command::Merge { model, adapter, out, force } => {
             let s = trainer::merge::merge(&model, &adapter, &out, force)?;
             eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
+            Ok(0)
+        }
+        Command::Fetch { model, revision, text_only, quiet } => {
+            trainer::hub::set_quiet(quiet);
+            let need = if text_only { trainer::checkpoint::Need::Text } else { trainer::checkpoint::Need::Weights };
+            // A hub id only: a local folder of the same name must not shadow it.
+            let files = trainer::checkpoint::locate_hub(&model, revision.as_deref(), need)?;
+            println!("{}", files.dir.display());
             Ok(0)
         }
         Command::Report { dirs, out } => {

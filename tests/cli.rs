@@ -188,9 +188,11 @@ fn hub_ids_resolve_offline_in_the_hf_cache() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
     }
+    // Offline: a model the cache lacks is an error here, not a download (tests/hub.rs covers downloads).
     let run = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_trainer"))
             .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
             .args(["eval", "--model", id, "--data", fixtures().join("data/alpaca.json").to_str().unwrap(), "--json"])
             .output()
             .unwrap()
@@ -202,7 +204,7 @@ fn hub_ids_resolve_offline_in_the_hf_cache() {
     let o = run("tiny-org/absent");
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("models--tiny-org--absent") && e.contains(&cache.path().display().to_string()), "{e}");
+    assert!(e.contains("models--tiny-org--absent") && e.contains(&cache.path().display().to_string()) && e.contains("HF_HUB_OFFLINE"), "{e}");
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn exported_adapter_reloads_identically() {
     let f = fixture("qwen2-gqa-sharded");
     let dir = tempfile::tempdir().unwrap();
     let out: PathBuf = dir.path().join("adapter");
-    f.adapter.save_peft(&out, "tests/fixtures/models/qwen2-gqa-sharded", candle_core::DType::F32).unwrap();
+    f.adapter.save_peft(&out, "tests/fixtures/models/qwen2-gqa-sharded", None, candle_core::DType::F32).unwrap();
     let back = Adapter::load_peft(&out, &f.session.model.cfg, &Device::Cpu).unwrap();
     assert_eq!(back.spec, f.adapter.spec);
     for (a, b) in back.tensors().iter().zip(f.adapter.tensors()) {
