@@ -1,5 +1,5 @@
-//! Finding a checkpoint (a local Hugging Face model directory or a hub id in the local HF cache) and reading its
-//! safetensors, single-file or sharded, memory-mapped.
+//! Finding a checkpoint (a local Hugging Face model directory, or a hub id in the local HF cache or downloaded
+//! into it) and reading its safetensors, single-file or sharded, memory-mapped.
 
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -7,40 +7,35 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+pub use crate::hub::Need;
+
 /// The files of one checkpoint.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// How the user named the model.
     pub name: String,
-    /// The hub id (without revision) when the model was found in the Hugging Face cache.
+    /// The hub id (without revision) when the model came from the Hugging Face cache.
     pub hub_id: Option<String>,
+    /// The revision asked for, when it is a hub model's and not `main` (PEFT records it beside the base model).
+    pub revision: Option<String>,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Empty when only the text side was asked for ([`Need::Text`]).
     pub weights: Vec<PathBuf>,
     pub tokenizer: PathBuf,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
 }
 
-fn hub_cache_dir() -> PathBuf {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => hf_hub::Cache::from_env().path().clone(),
-    }
-}
-
-fn looks_like_hub_id(spec: &str) -> bool {
-    let id = spec.split('@').next().unwrap_or(spec);
-    let parts: Vec<&str> = id.split('/').collect();
-    parts.len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && *p != "." && *p != ".."
-        })
+/// Resolves `spec` with its weights: see [`locate_model`].
+pub fn locate(spec: &str, base_dir: Option<&Path>) -> Result<ModelFiles> {
+    locate_model(spec, base_dir, None, Need::Weights)
 }
 
 /// Resolves `spec`: an existing directory (relative paths are tried against `base_dir` first, then the working
-/// directory), else a hub id `org/name[@revision]` looked up offline in the local HF cache.
-pub fn locate(spec: &str, base_dir: Option<&Path>) -> Result<ModelFiles> {
+/// directory), else a hub id `org/name[@revision]` (or `revision`) — from the local HF cache when it holds what
+/// `need` asks for, else downloaded into it (unless HF_HUB_OFFLINE is set).
+pub fn locate_model(spec: &str, base_dir: Option<&Path>, revision: Option<&str>, need: Need) -> Result<ModelFiles> {
     let mut tried = Vec::new();
     let as_path = PathBuf::from(spec);
     let candidates: Vec<PathBuf> = match base_dir {
@@ -49,29 +44,48 @@ pub fn locate(spec: &str, base_dir: Option<&Path>) -> Result<ModelFiles> {
     };
     for dir in &candidates {
         if dir.is_dir() {
-            return from_dir(spec, dir);
+            if let Some(r) = revision {
+                bail!("model `{spec}` is the local folder {}: a revision (`{r}`) applies to hub ids only", dir.display());
+            }
+            return from_dir(spec, dir, need);
         }
         tried.push(dir.display().to_string());
     }
-    let cache = hub_cache_dir();
-    if looks_like_hub_id(spec) {
-        let (id, revision) = match spec.split_once('@') {
-            Some((id, rev)) => (id, rev.to_string()),
-            None => (spec, "main".to_string()),
-        };
-        let repo = hf_hub::Cache::new(cache.clone())
-            .repo(hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision));
-        if let Some(config) = repo.get("config.json") {
-            let dir = config.parent().context("cached config.json has no parent directory")?.to_path_buf();
-            return Ok(ModelFiles { hub_id: Some(id.to_string()), ..from_dir(spec, &dir)? });
-        }
-        tried.push(format!("the Hugging Face cache {} (models--{}, offline)", cache.display(), id.replace('/', "--")));
+    let id = spec.split('@').next().unwrap_or(spec);
+    if !crate::hub::looks_like_hub_id(id) {
+        bail!("model `{spec}` not found: looked in {} (and it is not a hub id `org/name`)", tried.join(", "));
     }
-    bail!("model `{spec}` not found: looked in {}", tried.join(", "))
+    // A mistyped local folder of two parts reads as a hub id: the error says both.
+    locate_hub(spec, revision, need).with_context(|| format!("model `{spec}`: no such folder (looked in {}), so it was taken as a hub id", tried.join(", ")))
 }
 
-fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
-    let need = |file: &str| -> Result<PathBuf> {
+/// A hub model `org/name[@revision]` only (no local folder of that name is looked at): from the cache when it
+/// holds what `need` asks for, else downloaded into it.
+pub fn locate_hub(spec: &str, revision: Option<&str>, need: Need) -> Result<ModelFiles> {
+    let (id, revision) = crate::hub::split_spec(spec, revision)?;
+    if !crate::hub::looks_like_hub_id(id) {
+        bail!("`{spec}` is not a hub id: write org/name (or org/name@revision)");
+    }
+    let settings = crate::hub::HubSettings::from_env()?;
+    let hub_files = |dir: &Path| -> Result<ModelFiles> {
+        Ok(ModelFiles { hub_id: Some(id.to_string()), revision: (revision != "main").then(|| revision.to_string()), ..from_dir(spec, dir, need)? })
+    };
+    let incomplete = match crate::hub::cached_snapshot(&settings, id, revision) {
+        Some(dir) => match hub_files(&dir) {
+            Ok(files) => return Ok(files),
+            Err(e) => Some(format!("{e:#}")),
+        },
+        None => None,
+    };
+    if settings.offline {
+        return Err(crate::hub::offline_error(&settings, id, revision, incomplete.as_deref()));
+    }
+    let dir = crate::hub::download(&settings, id, revision, need)?;
+    hub_files(&dir).with_context(|| format!("model `{id}` (revision {revision}) as downloaded into {}", dir.display()))
+}
+
+fn from_dir(name: &str, dir: &Path, need: Need) -> Result<ModelFiles> {
+    let need_file = |file: &str| -> Result<PathBuf> {
         let p = dir.join(file);
         if p.is_file() {
             Ok(p)
@@ -80,10 +94,12 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
         }
     };
     let optional = |file: &str| Some(dir.join(file)).filter(|p| p.is_file());
-    let config = need("config.json")?;
-    let tokenizer = need("tokenizer.json")?;
+    let config = need_file("config.json")?;
+    let tokenizer = need_file("tokenizer.json")?;
     let index = dir.join("model.safetensors.index.json");
-    let weights = if index.is_file() {
+    let weights = if need == Need::Text {
+        Vec::new()
+    } else if index.is_file() {
         let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
         let json: serde_json::Value =
             crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
@@ -92,7 +108,7 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
             .and_then(|m| m.as_object())
             .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        shards.into_iter().map(need).collect::<Result<Vec<_>>>()?
+        shards.into_iter().map(need_file).collect::<Result<Vec<_>>>()?
     } else if dir.join("model.safetensors").is_file() {
         vec![dir.join("model.safetensors")]
     } else {
@@ -101,6 +117,7 @@ fn from_dir(name: &str, dir: &Path) -> Result<ModelFiles> {
     Ok(ModelFiles {
         name: name.to_string(),
         hub_id: None,
+        revision: None,
         dir: dir.to_path_buf(),
         config,
         weights,

@@ -1,8 +1,9 @@
 //! The model's `config.json`, reduced to the handful of facts the decoder needs.
 //!
-//! The three families differ only in data (norm offset, activation, embedding scale, biases), so one
-//! [`ModelConfig`] describes all of them. Both the pre-transformers-5 layout (top-level `rope_theta`,
-//! `torch_dtype`) and the transformers-5 layout (`rope_parameters.rope_theta`, `dtype`) are accepted.
+//! The families differ only in data (norm offset, activation, embedding scale, biases, q/k norm, RoPE frequency
+//! scaling, sliding window), so one [`ModelConfig`] describes all of them. Both the pre-transformers-5 layout
+//! (top-level `rope_theta` + `rope_scaling`, `torch_dtype`) and the transformers-5 layout (`rope_parameters`,
+//! `dtype`) are accepted.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -14,8 +15,25 @@ pub enum Family {
     Gemma,
     Gemma2,
     Qwen2,
+    Mistral,
+    Qwen3,
     Mixtral,
 }
+
+/// `(architectures[0], model_type, family)` of every supported checkpoint class: the parser and the error that
+/// lists what is supported both read this table.
+const SUPPORTED: &[(&str, &str, Family)] = &[
+    ("LlamaForCausalLM", "llama", Family::Llama),
+    ("MistralForCausalLM", "mistral", Family::Mistral),
+    ("GemmaForCausalLM", "gemma", Family::Gemma),
+    ("Gemma2ForCausalLM", "gemma2", Family::Gemma2),
+    ("Qwen2ForCausalLM", "qwen2", Family::Qwen2),
+    ("Qwen3ForCausalLM", "qwen3", Family::Qwen3),
+    ("MixtralForCausalLM", "mixtral", Family::Mixtral),
+];
+
+/// The RoPE frequency scalings (`rope_type`) that are implemented; anything else is refused with this list.
+const ROPE_TYPES: &str = "default, linear, dynamic (up to max_position_embeddings), llama3";
 
 impl Family {
     pub fn name(self) -> &'static str {
@@ -24,6 +42,8 @@ impl Family {
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Qwen2 => "qwen2",
+            Family::Mistral => "mistral",
+            Family::Qwen3 => "qwen3",
             Family::Mixtral => "mixtral",
         }
     }
@@ -39,6 +59,20 @@ pub enum Activation {
     Gelu,
 }
 
+/// How RoPE's inverse frequencies are derived from `rope_theta`, as transformers' `modeling_rope_utils` does it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// Dynamic NTK: transformers keeps plain RoPE while the longest position is within `max_position_embeddings`
+    /// and only beyond it recomputes θ per forward call from the call's length (state that outlives the call), so
+    /// positions beyond it are refused (see [`ModelConfig::rope_position_limit`]).
+    Dynamic { factor: f64 },
+    /// Llama-3.1/3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub family: Family,
@@ -52,6 +86,9 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    /// Qwen3's RMSNorm over each head of q and k, before RoPE.
+    pub qk_norm: bool,
     pub tie_word_embeddings: bool,
     pub activation: Activation,
     /// Gemma's RMSNorm multiplies by (1 + w) instead of w.
@@ -100,6 +137,116 @@ fn token_ids(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<u32>
     }
 }
 
+/// `(rope_theta, scaling)` from transformers 5's `rope_parameters` or the older top-level `rope_theta` +
+/// `rope_scaling`.
+fn rope_settings(obj: &serde_json::Map<String, Value>, max_position_embeddings: Option<usize>) -> Result<(f64, RopeScaling)> {
+    let params = obj.get("rope_parameters").filter(|v| !v.is_null());
+    let (section, scaling) = match params {
+        Some(p) => ("rope_parameters", p),
+        None => ("rope_scaling", obj.get("rope_scaling").unwrap_or(&Value::Null)),
+    };
+    if !scaling.is_null() && !scaling.is_object() {
+        bail!("`{section}` must be an object");
+    }
+    let field = |key: &str| scaling.get(key).filter(|v| !v.is_null());
+    let number = |key: &str| -> Result<Option<f64>> {
+        field(key).map(|v| v.as_f64().with_context(|| format!("`{section}.{key}` must be a number"))).transpose()
+    };
+    let required = |key: &str, rope_type: &str| -> Result<f64> {
+        number(key)?.with_context(|| format!("`{section}.{key}` is required for rope_type `{rope_type}`"))
+    };
+    let rope_theta = match number("rope_theta")? {
+        Some(t) => t,
+        None => obj
+            .get("rope_theta")
+            .map(|v| v.as_f64().context("`rope_theta` must be a number"))
+            .transpose()?
+            .unwrap_or(10000.0),
+    };
+    // A partial rotary embedding would rotate only part of each head: refuse rather than rotate all of it.
+    if let Some(f) = number("partial_rotary_factor")?.or(obj.get("partial_rotary_factor").and_then(Value::as_f64)) {
+        if f != 1.0 {
+            bail!("partial_rotary_factor {f} is not supported (only 1.0: RoPE over the whole head)");
+        }
+    }
+    let rope_type = match field("rope_type").or_else(|| field("type")) {
+        None => "default",
+        Some(v) => v.as_str().with_context(|| format!("`{section}.rope_type` must be a string"))?,
+    };
+    let scaling = match rope_type {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: required("factor", rope_type)? },
+        "dynamic" => {
+            if max_position_embeddings.is_none() {
+                bail!("rope_type `dynamic` needs `max_position_embeddings` (where its rescaling starts)");
+            }
+            RopeScaling::Dynamic { factor: required("factor", rope_type)? }
+        }
+        "llama3" => {
+            let (low_freq_factor, high_freq_factor) = (required("low_freq_factor", rope_type)?, required("high_freq_factor", rope_type)?);
+            if high_freq_factor <= low_freq_factor {
+                bail!("`{section}`: high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})");
+            }
+            let original = required("original_max_position_embeddings", rope_type)?;
+            if original < 1.0 || original.fract() != 0.0 {
+                bail!("`{section}.original_max_position_embeddings` must be a positive integer");
+            }
+            RopeScaling::Llama3 { factor: required("factor", rope_type)?, low_freq_factor, high_freq_factor, original_max_position_embeddings: original as usize }
+        }
+        other => bail!("rope_type `{other}` (in `{section}`) is not supported: supported are {ROPE_TYPES}"),
+    };
+    if let RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } | RopeScaling::Llama3 { factor, .. } = scaling {
+        if factor.is_nan() || factor <= 0.0 {
+            bail!("`{section}.factor` must be positive, not {factor}");
+        }
+    }
+    Ok((rope_theta, scaling))
+}
+
+/// The attention window of families that slide it over every layer, as transformers derives it. Mistral's
+/// config class defaults `sliding_window` to 4096 when the key is absent (null means none), Mixtral's to none;
+/// Qwen2/Qwen3 slide only with `use_sliding_window` and then only in layers from `max_window_layers` on, which is
+/// refused here. Gemma-2's per-layer windows are read by [`Gemma2Fields`].
+fn sliding_window(obj: &serde_json::Map<String, Value>, family: Family, num_layers: usize) -> Result<Option<usize>> {
+    let window = |default: Option<usize>| -> Result<Option<usize>> {
+        match obj.get("sliding_window") {
+            None => Ok(default),
+            Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(w) if w > 0 => Ok(Some(w as usize)),
+                _ => bail!("field `sliding_window` must be a positive integer or null"),
+            },
+        }
+    };
+    match family {
+        Family::Mistral => window(Some(4096)),
+        Family::Mixtral => window(None),
+        Family::Qwen2 | Family::Qwen3 => {
+            let used = match obj.get("use_sliding_window") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => bail!("field `use_sliding_window` must be true or false"),
+            };
+            if !used || window(Some(4096))?.is_none() {
+                return Ok(None);
+            }
+            let sliding_layers = match obj.get("layer_types").and_then(Value::as_array) {
+                Some(types) => types.iter().filter(|t| t.as_str() == Some("sliding_attention")).count(),
+                None => num_layers.saturating_sub(obj.get("max_window_layers").and_then(Value::as_u64).unwrap_or(28) as usize),
+            };
+            if sliding_layers > 0 {
+                bail!(
+                    "use_sliding_window = true with {sliding_layers} sliding-window layer(s) (layer_types, or those from max_window_layers on) is not \
+                     supported for {}; Qwen2.5 and Qwen3 checkpoints ship use_sliding_window = false",
+                    family.name()
+                );
+            }
+            Ok(None)
+        }
+        Family::Llama | Family::Gemma | Family::Gemma2 => Ok(None),
+    }
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -119,16 +266,13 @@ impl ModelConfig {
             .map(str::to_string)
             .or_else(|| obj.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
             .context("config.json has neither `architectures` nor `model_type`")?;
-        let family = match architecture.as_str() {
-            "LlamaForCausalLM" | "llama" => Family::Llama,
-            "GemmaForCausalLM" | "gemma" => Family::Gemma,
-            "Gemma2ForCausalLM" | "gemma2" => Family::Gemma2,
-            "Qwen2ForCausalLM" | "qwen2" => Family::Qwen2,
-            "MixtralForCausalLM" | "mixtral" => Family::Mixtral,
-            other => bail!(
-                "unsupported architecture `{other}`: supported are LlamaForCausalLM, GemmaForCausalLM, \
-                 Gemma2ForCausalLM, Qwen2ForCausalLM (Qwen1.5 checkpoints use Qwen2ForCausalLM), MixtralForCausalLM"
-            ),
+        let Some(&(_, _, family)) = SUPPORTED.iter().find(|(arch, model_type, _)| architecture == *arch || architecture == *model_type) else {
+            let names: Vec<&str> = SUPPORTED.iter().map(|s| s.0).collect();
+            bail!(
+                "unsupported architecture `{architecture}`: supported are {} (Qwen1.5 and Qwen2.5 checkpoints use \
+                 Qwen2ForCausalLM, Llama-2/3.x LlamaForCausalLM)",
+                names.join(", ")
+            );
         };
         let usize_field = |key: &str| -> Result<usize> {
             obj.get(key)
@@ -164,25 +308,9 @@ impl ModelConfig {
             bail!("head_dim {head_dim} must be even for rotary embeddings");
         }
 
-        // transformers 5 moved rope settings into `rope_parameters`; older files keep `rope_theta` (+ `rope_scaling`).
-        let rope_params = obj.get("rope_parameters").filter(|v| !v.is_null());
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .or_else(|| obj.get("rope_theta"))
-            .map(|v| v.as_f64().context("`rope_theta` must be a number"))
-            .transpose()?
-            .unwrap_or(10000.0);
-        let rope_type = rope_params
-            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-            .or_else(|| obj.get("rope_scaling").filter(|v| !v.is_null()).and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        if rope_type != "default" {
-            bail!("rope scaling type `{rope_type}` is not supported (only plain RoPE)");
-        }
-        if bool_field("use_sliding_window", false)? {
-            bail!("use_sliding_window = true is not supported");
-        }
+        let max_position_embeddings = opt_usize("max_position_embeddings");
+        let (rope_theta, rope_scaling) = rope_settings(obj, max_position_embeddings)?;
+        let sliding_window = sliding_window(obj, family, usize_field("num_hidden_layers")?)?;
 
         let act_name = match family {
             // transformers uses `hidden_activation` for Gemma and falls back to tanh-GELU when it is absent,
@@ -204,6 +332,8 @@ impl ModelConfig {
         let attention_bias = bool_field("attention_bias", false)?;
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
+            // transformers builds Mistral's projections without bias whatever the config says.
+            Family::Mistral => (false, false),
             _ => (attention_bias, attention_bias),
         };
         let mlp_bias = family == Family::Llama && bool_field("mlp_bias", false)?;
@@ -217,8 +347,11 @@ impl ModelConfig {
 
         let num_layers = usize_field("num_hidden_layers")?;
         let gemma2 = Gemma2Fields::read(obj, family, num_layers, head_dim)?;
-        let (attn_scale, attn_softcap, final_softcap, mut windows) =
-            (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap, gemma2.windows);
+        let (attn_scale, attn_softcap, final_softcap) = (gemma2.attn_scale, gemma2.attn_softcap, gemma2.final_softcap);
+        let windows = match sliding_window {
+            Some(w) => Windows::All(w),
+            None => gemma2.windows,
+        };
         let moe = if family == Family::Mixtral {
             let experts = usize_field("num_local_experts")?;
             let top_k = usize_field("num_experts_per_tok")?;
@@ -227,11 +360,6 @@ impl ModelConfig {
             }
             if bool_field("output_router_logits", false)? {
                 bail!("output_router_logits = true (the router's auxiliary loss) is not supported: LoRA fine-tuning here runs without it, as PEFT does with output_router_logits = false");
-            }
-            // Mixtral's attention slides on every layer when `sliding_window` is set (v0.1 ships null).
-            if let Some(v) = obj.get("sliding_window").filter(|v| !v.is_null()) {
-                let w = v.as_u64().filter(|&w| w > 0).context("field `sliding_window` must be a positive integer or null")?;
-                windows = Windows::All(w as usize);
             }
             Some(MoeConfig { experts, top_k })
         } else {
@@ -250,6 +378,8 @@ impl ModelConfig {
             vocab_size: usize_field("vocab_size")?,
             rms_norm_eps: obj.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
             rope_theta,
+            rope_scaling,
+            qk_norm: family == Family::Qwen3,
             tie_word_embeddings: bool_field("tie_word_embeddings", tie_default)?,
             activation,
             norm_weight_offset: if gemma_like { 1.0 } else { 0.0 },
@@ -261,7 +391,7 @@ impl ModelConfig {
             bos_token_id: token_ids(obj, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(obj, "eos_token_id")?,
             pad_token_id: token_ids(obj, "pad_token_id")?.first().copied(),
-            max_position_embeddings: opt_usize("max_position_embeddings"),
+            max_position_embeddings,
             attn_scale,
             attn_softcap,
             final_softcap,
@@ -269,6 +399,40 @@ impl ModelConfig {
             sandwich_norms: family == Family::Gemma2,
             moe,
         })
+    }
+
+    /// RoPE's inverse frequencies (`head_dim / 2` of them), in f32 as transformers computes them so that long
+    /// positions agree to the ulp.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let plain = crate::ops::rope::plain_inv_freq(self.head_dim, self.rope_theta).into_iter();
+        match self.rope_scaling {
+            RopeScaling::None | RopeScaling::Dynamic { .. } => plain.collect(),
+            RopeScaling::Linear { factor } => plain.map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let (factor, low, high) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+                let old_len = original_max_position_embeddings as f32;
+                let (low_wavelen, high_wavelen) = (old_len / low, old_len / high);
+                plain
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        if wavelen < high_wavelen || wavelen > low_wavelen {
+                            return scaled;
+                        }
+                        let smooth = (old_len / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The number of positions the RoPE tables may cover, where the scaling makes longer ones undefined here.
+    pub fn rope_position_limit(&self) -> Option<usize> {
+        match self.rope_scaling {
+            RopeScaling::Dynamic { .. } => self.max_position_embeddings,
+            _ => None,
+        }
     }
 
     pub fn q_dim(&self) -> usize {
@@ -281,7 +445,7 @@ impl ModelConfig {
 
     /// Parameters of the whole model as transformers counts them (`model.parameters()`: tied embeddings once,
     /// biases and every norm included), for plans and for checking a reading of a real config.
-    pub fn parameter_count(&self) -> u64 {
+    pub fn num_parameters(&self) -> u64 {
         // Saturating: a config is read before its checkpoint confirms the sizes, so they may be absurd.
         let m = |xs: &[usize]| xs.iter().fold(1u64, |acc, &x| acc.saturating_mul(x as u64));
         let sum = |xs: &[u64]| xs.iter().fold(0u64, |acc, &x| acc.saturating_add(x));
@@ -292,7 +456,7 @@ impl ModelConfig {
             Some(e) => m(&[e.experts]).saturating_mul(sum(&[m(&[3, h, i]), h as u64])),
             None => sum(&[m(&[3, h, i]), on(self.mlp_bias, sum(&[m(&[2, i]), h as u64]))]),
         };
-        let norms = m(&[if self.sandwich_norms { 4 } else { 2 }, h]);
+        let norms = sum(&[m(&[if self.sandwich_norms { 4 } else { 2 }, h]), on(self.qk_norm, m(&[2, self.head_dim]))]);
         let layers = m(&[self.num_layers]).saturating_mul(sum(&[attention, mlp, norms]));
         sum(&[m(&[v, h]), layers, h as u64, on(!self.tie_word_embeddings, m(&[v, h]))])
     }
@@ -314,7 +478,7 @@ impl ModelConfig {
 pub enum Windows {
     /// Global attention everywhere.
     None,
-    /// Every layer slides (Mixtral with `sliding_window` set).
+    /// Every layer slides (Mistral; Mixtral with `sliding_window` set).
     All(usize),
     /// Even layers slide, odd ones are global (Gemma-2's default `layer_types`).
     EvenLayers(usize),
@@ -421,10 +585,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_architecture_is_named() {
-        let j = json!({"architectures":["MistralForCausalLM"],"hidden_size":64});
+    fn unknown_architecture_is_named_with_the_supported_ones() {
+        let j = json!({"architectures":["FalconForCausalLM"],"hidden_size":64});
         let e = ModelConfig::from_json(&j).unwrap_err().to_string();
-        assert!(e.contains("MistralForCausalLM"), "{e}");
+        assert!(e.contains("FalconForCausalLM"), "{e}");
+        for (arch, _, _) in SUPPORTED {
+            assert!(e.contains(arch), "{e}");
+        }
     }
 
     #[test]
@@ -438,6 +605,13 @@ mod tests {
         assert!(c.tie_word_embeddings);
         assert_eq!(c.norm_weight_offset, 1.0);
         assert_eq!(c.embedding_scale, Some(2048f64.sqrt()));
+    }
+
+    fn tiny(extra: Value) -> Value {
+        let mut j = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,"max_position_embeddings":512});
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        j
     }
 
     #[test]
@@ -501,10 +675,95 @@ mod tests {
     }
 
     #[test]
-    fn scaled_rope_is_refused() {
-        let j = json!({"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":2,
-            "num_attention_heads":4,"intermediate_size":96,"vocab_size":10,
-            "rope_scaling":{"rope_type":"linear","factor":2.0}});
-        assert!(ModelConfig::from_json(&j).unwrap_err().to_string().contains("linear"));
+    fn unknown_rope_type_lists_the_supported_ones() {
+        for j in [tiny(json!({"rope_scaling":{"rope_type":"yarn","factor":2.0}})),
+                  tiny(json!({"rope_parameters":{"rope_type":"yarn","rope_theta":1e4,"factor":2.0}}))] {
+            let e = ModelConfig::from_json(&j).unwrap_err().to_string();
+            assert!(e.contains("`yarn`") && e.contains(ROPE_TYPES), "{e}");
+        }
+        let e = ModelConfig::from_json(&tiny(json!({"rope_scaling":{"rope_type":"llama3","factor":8.0}}))).unwrap_err().to_string();
+        assert!(e.contains("`rope_scaling.low_freq_factor` is required"), "{e}");
+    }
+
+    #[test]
+    fn both_layouts_give_the_same_scaling() {
+        let llama3 = json!({"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64});
+        let old = tiny(json!({"rope_theta":5e5,"rope_scaling":llama3.clone()}));
+        let mut params = llama3.clone();
+        params["rope_theta"] = json!(5e5);
+        let new = tiny(json!({"rope_parameters":params}));
+        let (a, b) = (ModelConfig::from_json(&old).unwrap(), ModelConfig::from_json(&new).unwrap());
+        assert_eq!((a.rope_theta, &a.rope_scaling), (b.rope_theta, &b.rope_scaling));
+        assert!(matches!(a.rope_scaling, RopeScaling::Llama3 { original_max_position_embeddings: 64, .. }));
+        // Old files name the key `type`.
+        let c = ModelConfig::from_json(&tiny(json!({"rope_scaling":{"type":"linear","factor":2.0}}))).unwrap();
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let plain = ModelConfig::from_json(&tiny(json!({}))).unwrap().rope_inv_freq();
+        assert!(c.rope_inv_freq().iter().zip(&plain).all(|(s, p)| *s == p / 2.0));
+    }
+
+    #[test]
+    fn llama3_keeps_high_frequencies_and_divides_low_ones() {
+        // head_dim 16, θ = 5e5, original length 64: wavelengths run from 2π to ~2π·5e5^(7/8).
+        let j = tiny(json!({"rope_theta":5e5,"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":64}}));
+        let c = ModelConfig::from_json(&j).unwrap();
+        let plain = ModelConfig::from_json(&tiny(json!({"rope_theta":5e5}))).unwrap().rope_inv_freq();
+        let scaled = c.rope_inv_freq();
+        let mut kinds = [0; 3];
+        for (s, p) in scaled.iter().zip(&plain) {
+            let wavelen = 2.0 * std::f32::consts::PI / p;
+            if wavelen < 16.0 {
+                assert_eq!(s, p);
+                kinds[0] += 1;
+            } else if wavelen > 64.0 {
+                assert_eq!(*s, p / 8.0);
+                kinds[1] += 1;
+            } else {
+                assert!(*s < *p && *s > p / 8.0);
+                kinds[2] += 1;
+            }
+        }
+        assert!(kinds.iter().all(|&k| k > 0), "every branch is exercised: {kinds:?}");
+    }
+
+    #[test]
+    fn dynamic_rope_is_plain_within_max_positions_and_limited_there() {
+        let c = ModelConfig::from_json(&tiny(json!({"rope_scaling":{"rope_type":"dynamic","factor":2.0}}))).unwrap();
+        assert_eq!(c.rope_inv_freq(), ModelConfig::from_json(&tiny(json!({}))).unwrap().rope_inv_freq());
+        assert_eq!(c.rope_position_limit(), Some(512));
+    }
+
+    #[test]
+    fn sliding_windows_follow_transformers_defaults() {
+        let mistral = |extra: Value| {
+            let mut j = tiny(extra);
+            j["architectures"] = json!(["MistralForCausalLM"]);
+            ModelConfig::from_json(&j)
+        };
+        assert_eq!(mistral(json!({})).unwrap().windows, Windows::All(4096));
+        assert_eq!(mistral(json!({"sliding_window":null})).unwrap().windows, Windows::None);
+        assert_eq!(mistral(json!({"sliding_window":16,"attention_bias":true})).unwrap().windows, Windows::All(16));
+        assert!(!mistral(json!({"attention_bias":true})).unwrap().qkv_bias);
+        let qwen = |extra: Value| {
+            let mut j = tiny(extra);
+            j["architectures"] = json!(["Qwen2ForCausalLM"]);
+            ModelConfig::from_json(&j)
+        };
+        // Qwen2.5 ships a window but use_sliding_window = false: no window.
+        assert_eq!(qwen(json!({"use_sliding_window":false,"sliding_window":131072,"max_window_layers":28})).unwrap().windows, Windows::None);
+        // Sliding only from layer max_window_layers on, beyond the last layer: none either.
+        assert_eq!(qwen(json!({"use_sliding_window":true,"sliding_window":64,"max_window_layers":2})).unwrap().windows, Windows::None);
+        let e = qwen(json!({"use_sliding_window":true,"sliding_window":64,"max_window_layers":1})).unwrap_err().to_string();
+        assert!(e.contains("use_sliding_window = true with 1 sliding-window layer"), "{e}");
+    }
+
+    #[test]
+    fn qwen3_normalises_q_and_k_without_bias() {
+        let mut j = tiny(json!({"head_dim":32,"attention_bias":false}));
+        j["architectures"] = json!(["Qwen3ForCausalLM"]);
+        let c = ModelConfig::from_json(&j).unwrap();
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_bias);
+        assert_eq!((c.head_dim, c.q_dim()), (32, 128));
     }
 }

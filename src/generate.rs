@@ -122,6 +122,24 @@ pub fn generate(model: &Model, adapter: Option<&Adapter>, tokenizer: &TextTokeni
     Ok(out)
 }
 
+/// Answers to many prompts, in their order: batches of similar prompt length (less padding), each batch drawing
+/// from its own seeded stream so that results do not depend on what ran before. `done(n)` after each batch.
+pub fn generate_batched(session: &crate::session::Session, adapter: Option<&Adapter>, prompts: &[Vec<u32>], batch_size: usize, opts: &GenOptions, mut done: impl FnMut(usize)) -> Result<Vec<Generated>> {
+    let eos = [session.text.eos_id];
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    let mut answers: Vec<Option<Generated>> = vec![None; prompts.len()];
+    for (k, chunk) in order.chunks(batch_size.max(1)).enumerate() {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        let o = GenOptions { seed: opts.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), ..opts.clone() };
+        for (&i, g) in chunk.iter().zip(generate(&session.model, adapter, &session.text.tokenizer, &batch, &eos, session.text.pad_id, &o)?) {
+            answers[i] = Some(g);
+        }
+        done(chunk.len());
+    }
+    Ok(answers.into_iter().map(|g| g.expect("every prompt generated")).collect())
+}
+
 /// One line of `trainer generate`'s output.
 #[derive(Debug, Serialize)]
 struct AnswerLine<'a> {
@@ -147,23 +165,9 @@ pub fn generate_file(session: &crate::session::Session, adapter: Option<&Adapter
     bar.set_style(indicatif::ProgressStyle::with_template("generate [{bar:30}] {pos}/{len} {elapsed} eta {eta}").expect("valid template"));
     let tmp = crate::fsutil::temp_path(out)?;
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
-    let eos = [session.text.eos_id];
-    // Batches of similar prompt length waste less on padding; the output keeps the file's order.
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    let mut answers: Vec<Option<Generated>> = vec![None; records.len()];
-    for (k, chunk) in order.chunks(batch_size.max(1)).enumerate() {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        // Each batch draws from its own seeded stream, so results do not depend on what ran before.
-        let o = GenOptions { seed: opts.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), ..opts.clone() };
-        for (&i, g) in chunk.iter().zip(generate(&session.model, adapter, &session.text.tokenizer, &batch, &eos, session.text.pad_id, &o)?) {
-            answers[i] = Some(g);
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let answers = generate_batched(session, adapter, &prompts, batch_size, opts, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     for ((r, p), g) in records.iter().zip(&prompts).zip(&answers) {
-        let g = g.as_ref().expect("every record generated");
         let reference = r.conversation.turns.last().filter(|t| t.role == Role::Assistant).map(|t| t.content.as_str());
         let line = AnswerLine {
             id: r.provenance.source_id.as_deref(),

@@ -180,8 +180,9 @@ impl Adapter {
     }
 
     /// Writes adapter_config.json and adapter_model.safetensors into `dir`, each through a temporary file that
-    /// is renamed into place, so a crash never leaves a half-written adapter.
-    pub fn save_peft(&self, dir: &Path, base_model: &str, dtype: DType) -> Result<()> {
+    /// is renamed into place, so a crash never leaves a half-written adapter. `revision` is the base model's hub
+    /// revision when not `main`: PEFT passes it on to `from_pretrained` when it loads the base.
+    pub fn save_peft(&self, dir: &Path, base_model: &str, revision: Option<&str>, dtype: DType) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tensors = HashMap::new();
         for (layer, slots) in self.layers.iter().enumerate() {
@@ -195,10 +196,10 @@ impl Adapter {
         // PEFT writes `{"format": "pt"}`; some loaders (transformers' safe_open checks) expect it.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         crate::fsutil::write_safetensors(&dir.join("adapter_model.safetensors"), tensors.iter().map(|(k, t)| (k.as_str(), t)), metadata)?;
-        crate::fsutil::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&self.peft_config(base_model))?.as_bytes())
+        crate::fsutil::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&self.peft_config(base_model, revision))?.as_bytes())
     }
 
-    fn peft_config(&self, base_model: &str) -> Value {
+    fn peft_config(&self, base_model: &str, revision: Option<&str>) -> Value {
         let targets: Vec<&str> = self.spec.targets.iter().map(|t| t.hf_name()).collect();
         json!({
             "alpha_pattern": {},
@@ -216,7 +217,7 @@ impl Adapter {
             "peft_type": "LORA",
             "r": self.spec.r,
             "rank_pattern": {},
-            "revision": null,
+            "revision": revision,
             "target_modules": targets,
             "task_type": "CAUSAL_LM",
             "use_dora": false,
@@ -358,7 +359,7 @@ mod tests {
         assert!(e.contains("`down_proj`") && e.contains("q_proj, k_proj, v_proj and o_proj"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let ok = Adapter::init(LoraSpec { targets: vec![Target::Q], ..spec.clone() }, &cfg, 0, &Device::Cpu).unwrap();
-        Adapter { spec: spec.clone(), layers: ok.layers }.save_peft(dir.path(), "base", DType::F32).unwrap();
+        Adapter { spec: spec.clone(), layers: ok.layers }.save_peft(dir.path(), "base", None, DType::F32).unwrap();
         let e = format!("{:#}", Adapter::load_peft(dir.path(), &cfg, &Device::Cpu).unwrap_err());
         assert!(e.contains("adapter_config.json") && e.contains("`down_proj`"), "{e}");
     }

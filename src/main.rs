@@ -87,7 +87,7 @@ enum Command {
     },
     /// Answers for every record of a data file (greedy or sampled, with a KV cache), as JSONL for a judge.
     Generate {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it the base model answers.
@@ -95,12 +95,15 @@ enum Command {
         adapter: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
+        /// The data file's format, or mt-bench: MT-Bench-style questions (question_id, category, turns), each turn
+        /// answered after the model's own answer to the turn before (a chat template is needed for two turns).
         #[arg(long, default_value = "alpaca")]
         format: String,
         /// alpaca, llama2-chat, gemma, chatml or model.
         #[arg(long, default_value = "alpaca")]
         template: String,
-        /// Where to write the answers (JSONL: id, location, prompt, reference, answer, finish, new_tokens).
+        /// Where to write the answers (JSONL: id, location, prompt, reference, answer, finish, new_tokens; for
+        /// mt-bench: question_id, category, turns, prompts, answers, finish, new_tokens, one entry per turn).
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 256)]
@@ -124,7 +127,7 @@ enum Command {
     },
     /// Fold a LoRA adapter into a checkpoint: a Hugging Face model folder (same dtype and shards) transformers loads.
     Merge {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory.
@@ -137,6 +140,21 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Download a hub model (config, tokenizer, safetensors) into the Hugging Face cache ahead of a sweep, and
+    /// print its snapshot folder. Honours HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE.
+    Fetch {
+        /// The hub id: org/name, or org/name@revision.
+        model: String,
+        /// A branch, tag or commit (default main).
+        #[arg(long)]
+        revision: Option<String>,
+        /// Only config and tokenizer files (what `trainer plan` reads).
+        #[arg(long)]
+        text_only: bool,
+        /// No progress bars or lines: only the folder on stdout.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Rebuild report.md, report.csv, scores.csv and plots/ from the finished runs in an output folder, or one
     /// report over several folders (e.g. one per model) into --out.
     Report {
@@ -148,9 +166,10 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Evaluate a model (+ adapter, or every adapter of a sweep's folder): held-out loss and perplexity per
-    /// language (`--task loss`), multiple-choice log-likelihood (`mc`) or generative QA (`qa`).
+    /// language (`--task loss`), multiple-choice log-likelihood (`mc`), generative QA (`qa`) or answers to
+    /// MT-Bench-style questions graded by an LLM judge (`judge`).
     Eval {
-        /// Model directory or hub id in the local Hugging Face cache.
+        /// Model directory or hub id (org/name[@revision]; downloaded into the Hugging Face cache when missing).
         #[arg(long)]
         model: String,
         /// PEFT adapter directory; without it (and without --runs) the base model is evaluated.
@@ -159,7 +178,7 @@ enum Command {
         /// A sweep's output folder: evaluate the adapter of every finished run in it.
         #[arg(long, conflicts_with = "adapter")]
         runs: Option<PathBuf>,
-        /// loss | mc | qa.
+        /// loss | mc | qa | judge.
         #[arg(long, default_value = "loss")]
         task: String,
         #[arg(long)]
@@ -172,15 +191,21 @@ enum Command {
         /// mc: continuation (each choice's text is scored) or letters (MMLU-style A/B/C/D).
         #[arg(long, default_value = "continuation")]
         style: String,
-        /// qa: answer length limit.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// loss: the data file's format.
-        #[arg(long, default_value = "alpaca")]
-        format: String,
-        /// loss: the prompt template.
-        #[arg(long, default_value = "alpaca")]
-        template: String,
+        /// qa: answer length limit (default 64 for the generic format, 256 as lm-eval for benchmark formats).
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// loss: the data file's format (default alpaca). mc: generic (default), cmmlu, ceval, mmlu, okapi, mmmlu,
+        /// arc or hellaswag; qa: generic (default), xquad, tydiqa, mgsm_direct or mgsm_native_cot (each benchmark's
+        /// released columns, scored as lm-eval's task).
+        #[arg(long)]
+        format: Option<String>,
+        /// loss: the training template (default alpaca). mc / qa: none (default, lm-eval's plain prompt), alpaca,
+        /// chatml, gemma, llama2-chat or model (the tokenizer's chat template, as lm-eval's --apply_chat_template).
+        #[arg(long)]
+        template: Option<String>,
+        /// Benchmark formats: a renamed column, FIELD=COLUMN (dotted paths reach nested columns); repeatable.
+        #[arg(long = "field", value_name = "FIELD=COLUMN")]
+        fields: Vec<String>,
         /// loss: the data file's language, for the per-language result (default: the records' own).
         #[arg(long)]
         language: Option<String>,
@@ -195,7 +220,59 @@ enum Command {
         /// Print JSON: one object, or with --runs {"runs": {run: result}}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        judge: Box<JudgeArgs>,
     },
+}
+
+/// `eval --task judge`: the model answers MT-Bench-style questions (--data), a judge model grades the answers.
+#[derive(clap::Args)]
+struct JudgeArgs {
+    /// The judge's OpenAI-compatible endpoint: a base URL (https://api.openai.com/v1) or its /chat/completions URL.
+    #[arg(long)]
+    judge_url: Option<String>,
+    /// The judge model's name at that endpoint (e.g. gpt-4).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Judge offline instead: this checkpoint (folder or hub id in the local cache), loaded by the trainer, on
+    /// --device, answering greedily.
+    #[arg(long, conflicts_with_all = ["judge_url", "judge_model"])]
+    judge_local: Option<String>,
+    /// The local judge's chat template: model (its own), llama2-chat, gemma or chatml.
+    #[arg(long, default_value = "model")]
+    judge_template: String,
+    /// The judge's answer length limit (FastChat: 2048).
+    #[arg(long, default_value_t = 2048)]
+    judge_max_tokens: usize,
+    /// single (1–10 ratings, MT-Bench) or pairwise (against --baseline, both orders; win rate).
+    #[arg(long, default_value = "single")]
+    judge_mode: String,
+    /// Reference answers for math, reasoning and coding questions (FastChat's reference-answer layout or ours);
+    /// default: the questions' own `reference`.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// pairwise: the baseline's answers (answers.jsonl of another judge run or `generate --format mt-bench`, or
+    /// FastChat's model-answer layout).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// The environment variable holding the judge's API key (the key itself is never written anywhere).
+    #[arg(long, default_value = trainer::eval::judge::DEFAULT_API_KEY_ENV)]
+    api_key_env: String,
+    /// Judge requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    judge_concurrency: usize,
+    /// Seconds a judge request may take before it is retried.
+    #[arg(long, default_value_t = 120.0)]
+    judge_timeout: f64,
+    /// Attempts after the first on HTTP 429/5xx, timeouts and broken answers (exponential backoff from 2 s).
+    #[arg(long, default_value_t = 5)]
+    judge_retries: usize,
+    /// Where judgments are cached (default ~/.cache/trainer/judge).
+    #[arg(long)]
+    judge_cache: Option<PathBuf>,
+    /// The folder for answers.jsonl, judgments.jsonl and summary.json (with --runs: one subfolder per run).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() {
@@ -226,6 +303,7 @@ fn real_main() -> Result<i32> {
                 ("text", false) => Mode::Bars,
                 (other, _) => anyhow::bail!("--log-format must be text or json, not `{other}`"),
             };
+            trainer::hub::set_quiet(mode != Mode::Bars);
             let opts = args.options(output_dir)?;
             if !gpus.is_empty() {
                 return run_on_gpus(&args, &opts, &gpus, &log_format);
@@ -267,6 +345,16 @@ fn real_main() -> Result<i32> {
                 for line in trainer::data::filter::describe(&plan.dropped) {
                     println!("{line}");
                 }
+                for m in &plan.memory {
+                    let e = &m.estimate;
+                    let gb = trainer::memory::format_bytes;
+                    let (set, other) = if e.gradient_checkpointing { ("with", "without") } else { ("without", "with") };
+                    println!(
+                        "memory {} ({}, {}; micro-batch {}×{} tokens): weights {}, LoRA state {}, activations {} ({} with gradient_checkpointing), temporaries {}; peak {} {set} recomputation ({} {other})",
+                        m.model, e.dtype, e.device, e.micro_batch_sequences, e.micro_batch_tokens / e.micro_batch_sequences.max(1), gb(e.weights_bytes), gb(e.lora_state_bytes),
+                        gb(e.activations_bytes), gb(e.activations_recompute_bytes), gb(e.temporaries_bytes), gb(e.peak_bytes), gb(e.peak_other_setting_bytes)
+                    );
+                }
             }
             Ok(0)
         }
@@ -277,7 +365,12 @@ fn real_main() -> Result<i32> {
             if batch_size == 0 || max_new_tokens == 0 {
                 anyhow::bail!("--batch-size and --max-new-tokens must be at least 1");
             }
-            let format = Format::parse(&format).context("--format")?;
+            // MT-Bench questions are answered turn by turn; every other format is one prompt per record.
+            enum Input {
+                Records(Format),
+                Questions(Vec<trainer::eval::multiturn::Question>),
+            }
+            let input = if format == "mt-bench" { Input::Questions(trainer::eval::multiturn::read_questions(&data)?) } else { Input::Records(Format::parse(&format).context("--format (or mt-bench)")?) };
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
             let session = Session::open(&model, None, dtype, &device)?;
@@ -285,13 +378,28 @@ fn real_main() -> Result<i32> {
                 .map(|dir| Adapter::load_peft(&dir, &session.model.cfg, &device).with_context(|| format!("--adapter {}", dir.display())))
                 .transpose()?;
             let opts = trainer::generate::GenOptions { max_new_tokens, temperature, top_p, stop, seed };
-            let n = trainer::generate::generate_file(&session, adapter.as_ref(), &data, format, &template, batch_size, &opts, &out)?;
+            let n = match input {
+                Input::Records(format) => trainer::generate::generate_file(&session, adapter.as_ref(), &data, format, &template, batch_size, &opts, &out)?,
+                Input::Questions(questions) => {
+                    let answered = trainer::eval::multiturn::answer_questions(&session, adapter.as_ref(), &questions, &template, batch_size, &opts)?;
+                    trainer::eval::multiturn::write_answers(&out, &answered)?;
+                    answered.len()
+                }
+            };
             eprintln!("{n} answers in {}", out.display());
             Ok(0)
         }
         Command::Merge { model, adapter, out, force } => {
             let s = trainer::merge::merge(&model, &adapter, &out, force)?;
             eprintln!("merged {} weights ({} tensors copied unchanged) into {} file(s) in {}", s.merged, s.copied, s.files.len(), out.display());
+            Ok(0)
+        }
+        Command::Fetch { model, revision, text_only, quiet } => {
+            trainer::hub::set_quiet(quiet);
+            let need = if text_only { trainer::checkpoint::Need::Text } else { trainer::checkpoint::Need::Weights };
+            // A hub id only: a local folder of the same name must not shadow it.
+            let files = trainer::checkpoint::locate_hub(&model, revision.as_deref(), need)?;
+            println!("{}", files.dir.display());
             Ok(0)
         }
         Command::Report { dirs, out } => {
@@ -304,11 +412,51 @@ fn real_main() -> Result<i32> {
             println!("{}", path.display());
             Ok(0)
         }
-        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, language, max_seq_len, batch_size, device, dtype, json } => {
+        Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, fields, language, max_seq_len, batch_size, device, dtype, json, judge } => {
+            // The judge's files and key are checked before the model loads.
+            let judge_task = if task == "judge" {
+                let Some(out) = judge.out.clone() else {
+                    anyhow::bail!("--task judge needs --out DIR (for answers.jsonl, judgments.jsonl and summary.json)");
+                };
+                let settings = trainer::eval::judge::JudgeSettings {
+                    questions: data.clone(),
+                    judge: trainer::recipe::JudgeSection {
+                        url: judge.judge_url,
+                        model: judge.judge_model,
+                        local: judge.judge_local,
+                        template: judge.judge_template,
+                        mode: judge.judge_mode,
+                        reference: judge.reference,
+                        baseline: judge.baseline,
+                        api_key_env: judge.api_key_env,
+                        concurrency: judge.judge_concurrency,
+                        timeout: judge.judge_timeout,
+                        retries: judge.judge_retries,
+                        max_tokens: judge.judge_max_tokens,
+                        cache: judge.judge_cache,
+                    },
+                    // As [[evals]] task = "judge": the model's chat template, FastChat's 1024 new tokens.
+                    template: template.clone().unwrap_or_else(|| "model".into()),
+                    max_new_tokens: max_new_tokens.unwrap_or(1024),
+                    batch_size,
+                };
+                settings.judge.check().context("--task judge")?;
+                Some((settings, out))
+            } else {
+                None
+            };
             let device = trainer::runtime::device(&device)?;
             let dtype = trainer::runtime::dtype(&dtype, &device)?;
+            let judge_task = judge_task.map(|(settings, out)| anyhow::Ok((settings.load(dtype, &device)?, out))).transpose()?;
             let session = Session::open(&model, None, dtype, &device)?;
-            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, &format, &template, language.as_deref(), max_seq_len, batch_size)?;
+            if let Some((judge_task, out)) = judge_task {
+                return run_judge(&judge_task, &session, &device, runs, adapter, &out, json);
+            }
+            let fields = fields
+                .iter()
+                .map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN")))
+                .collect::<Result<_>>()?;
+            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), template.as_deref(), fields, language.as_deref(), max_seq_len, batch_size)?;
             let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();
@@ -344,6 +492,40 @@ fn real_main() -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `eval --task judge` for the base model, one adapter, or every finished run of a sweep (one output subfolder each).
+fn run_judge(task: &trainer::eval::judge::JudgeTask, session: &Session, device: &candle_core::Device, runs: Option<PathBuf>, adapter: Option<PathBuf>, out: &std::path::Path, json: bool) -> Result<i32> {
+    let (adapters, skipped): (Vec<(String, Option<Adapter>)>, _) = match (runs, adapter) {
+        (Some(dir), _) => {
+            let found = trainer::sweep::adapters::sweep_adapters(&dir, &session.model.cfg, device)?;
+            (found.adapters.into_iter().map(|(n, a)| (n, Some(a))).collect(), found.skipped)
+        }
+        (None, Some(dir)) => (vec![(dir.display().to_string(), Some(Adapter::load_peft(&dir, &session.model.cfg, device).with_context(|| format!("--adapter {}", dir.display()))?))], Default::default()),
+        (None, None) => (vec![("base".into(), None)], Default::default()),
+    };
+    let several = adapters.len() > 1 || !skipped.is_empty();
+    let mut results = serde_json::Map::new();
+    for (name, a) in &adapters {
+        let dir = if several { out.join(name) } else { out.to_path_buf() };
+        let r = task.run(session, a.as_ref(), &trainer::eval::judge::JudgeOutputs::in_dir(&dir))?;
+        if !json {
+            println!("{name}: {}  (judgments in {})", trainer::eval::summary_line(&r), dir.display());
+        }
+        results.insert(name.clone(), r);
+    }
+    if json {
+        if several {
+            println!("{}", serde_json::json!({ "runs": results, "skipped": skipped }));
+        } else if let Some((_, only)) = results.into_iter().next() {
+            println!("{only}");
+        }
+    } else {
+        for (run, why) in &skipped {
+            eprintln!("skipped {run}: {why}");
+        }
+    }
+    Ok(0)
 }
 
 /// `--gpus`: runs handed out one at a time, each GPU taking the next as soon as its current run ends (runs of

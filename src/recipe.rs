@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-mod benchmark;
-pub use benchmark::BenchmarkSection;
+pub mod benchmark;
+pub use benchmark::{BenchmarkSection, JudgeSection, MC_FORMATS, PROMPT_TEMPLATES, QA_FORMATS};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -171,8 +171,11 @@ pub struct SizedEntry {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A model directory or a hub id in the local Hugging Face cache.
+    /// A model directory, or a hub id (from the local Hugging Face cache, downloaded into it when missing).
     pub path: String,
+    /// The hub revision: a branch, tag or commit (default `main`); hub ids only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Short name for run names and the report; default: the last part of `path`.
     pub name: Option<String>,
     /// "auto" (f32 on CPU, bf16 on CUDA), "f32" or "bf16".
@@ -503,7 +506,10 @@ impl Recipe {
         crate::names::check_component(&self.name, "name")?;
         let models = self.models();
         for (i, m) in models.iter().enumerate() {
-            if let Some(same) = models[..i].iter().find(|o| o.path == m.path && o.dtype == m.dtype) {
+            if m.revision.is_some() {
+                crate::hub::split_spec(&m.path, m.revision.as_deref()).with_context(|| format!("model `{}`: revision", m.short_name()))?;
+            }
+            if let Some(same) = models[..i].iter().find(|o| o.path == m.path && o.dtype == m.dtype && o.revision == m.revision) {
                 bail!("[[models]]: `{}` and `{}` are the same model (path {}, dtype {}); list each model once", same.short_name(), m.short_name(), m.path, m.dtype);
             }
         }

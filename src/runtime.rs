@@ -29,7 +29,12 @@ fn open_cuda(name: &str, _ordinal: usize) -> Result<Device> {
 
 /// "auto" picks f32 on CPU (Candle's CPU bf16 matmul widens to f32 on every call) and bf16 on CUDA.
 pub fn dtype(name: &str, device: &Device) -> Result<DType> {
-    match (name, device.is_cuda()) {
+    dtype_for(name, device.is_cuda())
+}
+
+/// [`dtype`] for a device named but not opened (`trainer plan` on a machine without the GPU).
+pub fn dtype_for(name: &str, cuda: bool) -> Result<DType> {
+    match (name, cuda) {
         ("auto", false) | ("f32", _) => Ok(DType::F32),
         ("auto", true) | ("bf16", true) => Ok(DType::BF16),
         ("bf16", false) => bail!("dtype bf16 is for cuda; on cpu the trainer computes in f32"),

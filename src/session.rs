@@ -40,7 +40,11 @@ fn generation_eos(files: &ModelFiles) -> Result<Option<u32>> {
 
 impl ModelText {
     pub fn open(model: &str, base_dir: Option<&Path>) -> Result<Self> {
-        let files = checkpoint::locate(model, base_dir)?;
+        Self::from_files(checkpoint::locate(model, base_dir)?)
+    }
+
+    /// The text side of located files (their weights may be absent: [`checkpoint::Need::Text`]).
+    pub fn from_files(files: ModelFiles) -> Result<Self> {
         let config = ModelConfig::from_file(&files.config)?;
         let tokenizer = TextTokenizer::load(&files)?;
         let from_generation = if config.eos_token_ids.is_empty() { generation_eos(&files)? } else { None };
@@ -81,7 +85,12 @@ pub struct Session {
 
 impl Session {
     pub fn open(model: &str, base_dir: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let text = ModelText::open(model, base_dir)?;
+        Self::from_files(checkpoint::locate(model, base_dir)?, dtype, device)
+    }
+
+    /// A session of located files, which must include the weights.
+    pub fn from_files(files: ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        let text = ModelText::from_files(files)?;
         let model = Model::load(&text.files, dtype, device)?;
         Ok(Self { text, model })
     }

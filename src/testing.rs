@@ -58,6 +58,7 @@ pub fn random_model(config: serde_json::Value, seed: u64) -> Model {
     let norm = |t: Tensor| if cfg.norm_weight_offset == 0.0 { (t + 1.0).unwrap() } else { t };
     let layers = (0..cfg.num_layers)
         .map(|_| LayerWeights {
+            qk_norm: cfg.qk_norm.then(|| (norm(next(&[cfg.head_dim], 0.1)), norm(next(&[cfg.head_dim], 0.1)))),
             input_norm: norm(next(&[h], 0.1)),
             post_norm: norm(next(&[h], 0.1)),
             attn_out_norm: cfg.sandwich_norms.then(|| norm(next(&[h], 0.1))),
@@ -153,6 +154,28 @@ pub fn mixtral_config() -> serde_json::Value {
 pub fn qwen_config() -> serde_json::Value {
     serde_json::json!({"architectures":["Qwen2ForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
         "num_key_value_heads":2,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true})
+}
+
+/// Llama-3.2-like: llama3 RoPE scaling whose ramp covers one of the four frequencies (θ = 5e5, head_dim 8,
+/// original length 256: wavelengths 6, 167, 4443, 118145), tied embeddings.
+pub fn llama3_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["LlamaForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-5,"tie_word_embeddings":true,
+        "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":256}})
+}
+
+/// A sliding window of 4, shorter than the random examples (5..12 tokens).
+pub fn mistral_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["MistralForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-5,"rope_theta":10000.0,"sliding_window":4})
+}
+
+/// q/k norm, head_dim 16 ≠ hidden / heads, no q/k/v bias.
+pub fn qwen3_config() -> serde_json::Value {
+    serde_json::json!({"architectures":["Qwen3ForCausalLM"],"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"head_dim":16,"intermediate_size":48,"vocab_size":40,"rms_norm_eps":1e-6,"attention_bias":false,
+        "rope_theta":1000000.0,"tie_word_embeddings":false,"use_sliding_window":false,"max_window_layers":2})
 }
 
 /// A deterministic N(0, std²)-ish tensor (sum of uniforms), f32 on CPU.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use trainer::eval::items::read_mc;
-use trainer::eval::mc::{score_mc, McStyle};
+use trainer::eval::mc::{score_mc, McDoc, McStyle, ShotSource};
 use trainer::lora::Adapter;
 use trainer::session::Session;
 
@@ -34,7 +34,8 @@ fn choice_loglikelihoods_match_transformers() {
         let s = Session::open(root.join("models").join(name).to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
         let adapter = Adapter::load_peft(&root.join("adapters").join(name), &s.model.cfg, &Device::Cpu).unwrap();
         for (style_name, style) in [("continuation", McStyle::Continuation), ("letters", McStyle::Letters)] {
-            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &dev, 1, style, 5).unwrap();
+            let docs = |v: &[trainer::eval::items::McItem]| v.iter().map(|i| i.to_doc(style)).collect::<Vec<McDoc>>();
+            let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &docs(&items), &docs(&dev), 1, ShotSource::Dev, &trainer::eval::prompt::PromptTemplate::None, 5).unwrap();
             let want = styles[style_name].as_array().unwrap();
             for (i, (ours, theirs)) in r.loglikelihoods.iter().zip(want).enumerate() {
                 for (c, (a, b)) in ours.iter().zip(theirs.as_array().unwrap()).enumerate() {

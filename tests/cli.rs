@@ -147,7 +147,8 @@ fn user_mistakes_get_one_clear_error() {
     candle_core::safetensors::save(&tensors, broken.join("model.safetensors")).unwrap();
     check("broken.toml", text.replace(&src.display().to_string(), &broken.display().to_string()), &["model.layers.1.mlp.up_proj.weight"]);
 
-    // A config that disagrees with the weights names the tensor and both shapes; an unknown architecture is named.
+    // A config that disagrees with the weights names the tensor and both shapes; an unknown architecture or rope
+    // type is named beside the supported ones.
     let misshaped = dir.path().join("misshaped");
     std::fs::create_dir(&misshaped).unwrap();
     for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
@@ -156,8 +157,12 @@ fn user_mistakes_get_one_clear_error() {
     let config = std::fs::read_to_string(src.join("config.json")).unwrap();
     std::fs::write(misshaped.join("config.json"), config.replace("\"intermediate_size\": 96", "\"intermediate_size\": 100")).unwrap();
     check("misshaped.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[100, 64]"]);
-    std::fs::write(misshaped.join("config.json"), config.replace("LlamaForCausalLM", "MistralForCausalLM")).unwrap();
-    check("unknown-arch.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["MistralForCausalLM", "config.json"]);
+    std::fs::write(misshaped.join("config.json"), config.replace("LlamaForCausalLM", "FalconForCausalLM")).unwrap();
+    check("unknown-arch.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["FalconForCausalLM", "config.json", "supported are", "Qwen3ForCausalLM"]);
+    let yarn = config.replace("\"rope_theta\"", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0},\n  \"rope_theta\"");
+    assert_ne!(yarn, config);
+    std::fs::write(misshaped.join("config.json"), yarn).unwrap();
+    check("unknown-rope.toml", text.replace(&src.display().to_string(), &misshaped.display().to_string()), &["rope_type `yarn`", "config.json", "llama3"]);
 
     // A tokenizer from another model (1024 entries against a 320-entry embedding) is named as such.
     let mismatched = dir.path().join("mismatched");
@@ -183,9 +188,11 @@ fn hub_ids_resolve_offline_in_the_hf_cache() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
     }
+    // Offline: a model the cache lacks is an error here, not a download (tests/hub.rs covers downloads).
     let run = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_trainer"))
             .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
             .args(["eval", "--model", id, "--data", fixtures().join("data/alpaca.json").to_str().unwrap(), "--json"])
             .output()
             .unwrap()
@@ -197,7 +204,7 @@ fn hub_ids_resolve_offline_in_the_hf_cache() {
     let o = run("tiny-org/absent");
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("models--tiny-org--absent") && e.contains(&cache.path().display().to_string()), "{e}");
+    assert!(e.contains("models--tiny-org--absent") && e.contains(&cache.path().display().to_string()) && e.contains("HF_HUB_OFFLINE"), "{e}");
 }
 
 #[test]

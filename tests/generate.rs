@@ -1,6 +1,7 @@
 //! Generation: the key/value-cached decoder against the full forward (the CPU reference), and greedy decoding
 //! against transformers + PEFT `generate` (tests/fixtures/golden/generation.json, from
-//! `gen_fixtures.py gen-generation`): the same tokens, exactly, with all prompts in one left-padded batch.
+//! `gen_fixtures.py gen-generation`, and golden/generation-families.json from `gen-families` for the families added
+//! later): the same tokens, exactly, with all prompts in one left-padded batch.
 
 mod common;
 
@@ -20,23 +21,29 @@ fn open(name: &str) -> (Session, Adapter) {
     (session, adapter)
 }
 
-fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden/generation.json")).unwrap()).unwrap()
+fn golden_file(file: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(trainer::testing::fixtures_dir().join("golden").join(file)).unwrap()).unwrap()
 }
 
-/// Fixtures of later families (`gen_fixtures.py gen-families`) keep their generation rows in their own golden
-/// file, so that adding one never rewrites generation.json.
+fn golden() -> Value {
+    golden_file("generation.json")
+}
+
+/// Fixtures of later families keep their generation rows out of generation.json, so that adding one never
+/// rewrites it: Llama-3, Mistral and Qwen3 in generation-families.json, Gemma-2 and Mixtral each in its own
+/// golden file (both written by `gen_fixtures.py gen-families`).
 const FAMILY_MODELS: &[&str] = &["gemma2-swa", "mixtral-moe"];
 
 /// `(name, {eos_token_id, rows})` of every fixture model with golden generations, and `max_new_tokens`.
 fn all_generations() -> Vec<(String, Value, usize)> {
-    let g = golden();
-    let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
-    let mut out: Vec<(String, Value, usize)> = g["models"].as_object().unwrap().iter().map(|(n, m)| (n.clone(), m.clone(), max_new)).collect();
+    let mut out = Vec::new();
+    for file in ["generation.json", "generation-families.json"] {
+        let g = golden_file(file);
+        let max_new = g["max_new_tokens"].as_u64().unwrap() as usize;
+        out.extend(g["models"].as_object().unwrap().iter().map(|(n, m)| (n.clone(), m.clone(), max_new)));
+    }
     for name in FAMILY_MODELS {
-        let path = trainer::testing::fixtures_dir().join(format!("golden/{name}.json"));
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let gen = v["generation"].clone();
+        let gen = golden_file(&format!("{name}.json"))["generation"].clone();
         let max_new = gen["max_new_tokens"].as_u64().unwrap() as usize;
         out.push((name.to_string(), gen, max_new));
     }
@@ -54,9 +61,9 @@ fn greedy(max_new_tokens: usize) -> GenOptions {
 #[test]
 fn cached_decoding_gives_the_full_forward_logits() {
     let all = all_generations();
-    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "gemma2-swa", "mixtral-moe"] {
+    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe"] {
         let (s, adapter) = open(name);
-        let m = &all.iter().find(|(n, ..)| n == name).unwrap().1;
+        let m = &all.iter().find(|(n, ..)| n == name).expect("a golden generation").1;
         let rows: Vec<Vec<u32>> = m["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();
         // Prefill the first 10 tokens of each row (left-padded to the same width), then one token at a time.
         let prefill = 10;
@@ -85,7 +92,9 @@ fn cached_decoding_gives_the_full_forward_logits() {
 
 #[test]
 fn greedy_generation_matches_transformers_exactly() {
-    for (name, m, max_new) in all_generations() {
+    let models = all_generations();
+    assert_eq!(models.len(), 9, "every fixture family generates");
+    for (name, m, max_new) in models {
         let (s, adapter) = open(&name);
         let eos = m["eos_token_id"].as_u64().unwrap() as u32;
         let rows = m["rows"].as_array().unwrap();

@@ -14,7 +14,9 @@ use trainer::data::format::Format;
 use trainer::data::TrainOn;
 use trainer::session::Session;
 
-const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa", "mixtral-moe"];
+const MODELS: &[&str] = &[
+    "llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe",
+];
 
 fn merge(model: &Path, adapter: &Path, out: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))

@@ -50,6 +50,9 @@ fn explicit_backward_matches_autograd_for_every_family() {
         ("gemma", gemma_config(), &ALL_TARGETS[..]),
         ("gemma2", gemma2_config(), &ALL_TARGETS[..]),
         ("qwen2", qwen_config(), &ALL_TARGETS[..]),
+        ("llama3", llama3_config(), &ALL_TARGETS[..]),
+        ("mistral", mistral_config(), &ALL_TARGETS[..]),
+        ("qwen3", qwen3_config(), &ALL_TARGETS[..]),
         // Mixtral's LoRA is on attention only; its gradient reaches every layer's attention through the frozen
         // experts and the routing weights of the layers above.
         ("mixtral", mixtral_config(), &attention[..]),
@@ -139,4 +142,19 @@ fn packed_examples_do_not_see_each_other() {
     assert!(packed.len() < examples.len(), "something was packed");
     let together = model.loss_sum(&batch(&packed), Some(&adapter)).unwrap();
     assert!((together - alone).abs() < 1e-4 * alone, "packed {together} vs one by one {alone}");
+}
+
+#[test]
+fn dynamic_rope_is_plain_rope_up_to_max_positions_and_refused_beyond() {
+    let plain = llama_config();
+    let mut dynamic = plain.clone();
+    dynamic["max_position_embeddings"] = serde_json::json!(8);
+    dynamic["rope_scaling"] = serde_json::json!({"rope_type": "dynamic", "factor": 4.0});
+    let (a, b) = (random_model(plain, 6), random_model(dynamic, 6));
+    let short = trainer::data::batch::Example::new((0..8).collect(), vec![true; 8], false);
+    let (la, lb) = (a.logits(&batch(std::slice::from_ref(&short)), None).unwrap(), b.logits(&batch(&[short]), None).unwrap());
+    assert_eq!(max_diff(&la, &lb).0, 0.0, "within max_position_embeddings transformers keeps plain RoPE");
+    let long = trainer::data::batch::Example::new((0..9).collect(), vec![true; 9], false);
+    let e = format!("{:#}", b.logits(&batch(&[long]), None).expect_err("9 positions > 8"));
+    assert!(e.contains("reaches 9 positions, beyond max_position_embeddings = 8") && e.contains("`dynamic`"), "{e}");
 }

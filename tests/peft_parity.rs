@@ -19,7 +19,12 @@ use trainer::optim::{AdamWConfig, Schedule};
 use trainer::session::Session;
 use trainer::train::{train, TrainPlan};
 
-const MODELS: &[&str] = &["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "gemma2-swa", "mixtral-moe"];
+/// The original families, then those `gen_fixtures.py gen-families` added: llama3 RoPE (old layout, tied),
+/// a Mistral sliding window shorter than the batch, Qwen3's q/k norm, Gemma-2 (caps, per-layer windows, extra
+/// norms) and Mixtral (MoE).
+const MODELS: &[&str] = &[
+    "llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe",
+];
 
 struct Fixture {
     session: Session,
@@ -124,7 +129,7 @@ fn three_adamw_steps_match_torch_within_2e3() {
             shuffle: false,
             seed: 0,
             dropout: 0.0,
-            recompute: name == "gemma-mqa",
+            recompute: name == "gemma-mqa" || name == "qwen3-qknorm",
             group_by_length: false,
         };
         let per_step = t["per_step"].as_array().unwrap().clone();
@@ -163,7 +168,7 @@ fn exported_adapter_reloads_identically() {
     let f = fixture("qwen2-gqa-sharded");
     let dir = tempfile::tempdir().unwrap();
     let out: PathBuf = dir.path().join("adapter");
-    f.adapter.save_peft(&out, "tests/fixtures/models/qwen2-gqa-sharded", candle_core::DType::F32).unwrap();
+    f.adapter.save_peft(&out, "tests/fixtures/models/qwen2-gqa-sharded", None, candle_core::DType::F32).unwrap();
     let back = Adapter::load_peft(&out, &f.session.model.cfg, &Device::Cpu).unwrap();
     assert_eq!(back.spec, f.adapter.spec);
     for (a, b) in back.tensors().iter().zip(f.adapter.tensors()) {

@@ -15,6 +15,10 @@ pub struct McItem {
     pub id: Option<String>,
     /// The record's `language` (or `lang`), if any; else the `[[evals]]` entry's `language`.
     pub language: Option<String>,
+    /// The record's `subject`, if any (results are then also reported per subject).
+    pub subject: Option<String>,
+    /// The record as read (compared whole when an item must not be its own few-shot example).
+    pub record: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,7 +60,26 @@ fn read_items<T>(path: &Path, parse: impl Fn(&Value, &crate::data::record::Locat
 }
 
 pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
+    read_mc_fields(path, &Default::default())
+}
+
+/// [`read_mc`] with some fields in other columns (`fields`: field → column).
+pub fn read_mc_fields(path: &Path, fields: &std::collections::BTreeMap<String, String>) -> Result<Vec<McItem>> {
     read_items(path, |v, loc| {
+        let renamed;
+        let v = if fields.is_empty() {
+            v
+        } else {
+            let mut obj = v.as_object().cloned().unwrap_or_default();
+            for (field, column) in fields {
+                match v.get(column) {
+                    Some(x) => obj.insert(field.clone(), x.clone()),
+                    None => bail!("{loc}: missing column `{column}` (field `{field}`)"),
+                };
+            }
+            renamed = Value::Object(obj);
+            &renamed
+        };
         let question = string_field(v, "question", loc)?;
         let choices: Vec<String> = match v.get("choices") {
             Some(Value::Array(a)) if a.len() >= 2 => a.iter().map(|c| c.as_str().map(str::to_string).with_context(|| format!("{loc}: every choice must be a string"))).collect::<Result<_>>()?,
@@ -71,7 +94,8 @@ pub fn read_mc(path: &Path) -> Result<Vec<McItem>> {
         match answer {
             Some(a) if a < choices.len() => {
                 let (id, language) = id_and_language(v);
-                Ok(McItem { question, choices, answer: a, id, language })
+                let subject = v.get("subject").and_then(Value::as_str).filter(|s| !s.trim().is_empty()).map(str::to_string);
+                Ok(McItem { question, choices, answer: a, id, language, subject, record: v.to_string() })
             }
             _ => bail!("{loc}: field `answer` must be a choice index (0-based) or letter within the {} choices", choices.len()),
         }

@@ -1,16 +1,44 @@
 //! Multiple choice as lm-evaluation-harness scores it: each choice by the log-likelihood of its continuation after
-//! the (k-shot) context; accuracy and length-normalised accuracy.
+//! the (k-shot) context; accuracy and length-normalised accuracy, overall and per subject.
+//!
+//! Items arrive as [`McDoc`]s, already in lm-eval's terms (`doc_to_text`, `doc_to_choice`, `doc_to_target`, the
+//! task's `description`): the benchmark formats in [`super::mc_formats`] build them, and so does our generic
+//! `{question, choices, answer}` format through [`McStyle`].
 
 use super::items::McItem;
 use super::progress;
+use super::prompt::{example_turn, render, Message, PromptTemplate};
 use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// How a multiple-choice item becomes text.
+/// lm-eval's defaults, which none of the multiple-choice tasks we follow overrides.
+const TARGET_DELIMITER: &str = " ";
+const FEWSHOT_DELIMITER: &str = "\n\n";
+
+/// One multiple-choice item in lm-eval's terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct McDoc {
+    /// The prompt of the item (lm-eval's `doc_to_text`).
+    pub text: String,
+    /// The scored continuations, without the target delimiter (`doc_to_choice`).
+    pub choices: Vec<String>,
+    /// Index of the right choice (`doc_to_target`).
+    pub answer: usize,
+    /// Prepended once to the whole k-shot prompt (the task's `description`; empty where the task has none).
+    pub description: String,
+    pub subject: Option<String>,
+    pub id: Option<String>,
+    pub language: Option<String>,
+    /// The record as read: lm-eval leaves an item out of its own few-shot examples by comparing whole records.
+    pub record: String,
+}
+
+/// How an item of our generic format becomes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum McStyle {
@@ -24,57 +52,135 @@ fn letter(i: usize) -> char {
     (b'A' + i as u8) as char
 }
 
-fn mc_question(item: &McItem, style: McStyle) -> String {
-    match style {
-        McStyle::Continuation => format!("Question: {}\nAnswer:", item.question),
-        McStyle::Letters => {
-            let mut s = format!("{}\n", item.question.trim());
-            for (i, c) in item.choices.iter().enumerate() {
-                s.push_str(&format!("{}. {}\n", letter(i), c.trim()));
+impl McItem {
+    /// The item in lm-eval's terms, prompted in `style`.
+    pub fn to_doc(&self, style: McStyle) -> McDoc {
+        let (text, choices) = match style {
+            McStyle::Continuation => (format!("Question: {}\nAnswer:", self.question), self.choices.iter().map(|c| c.trim().to_string()).collect()),
+            McStyle::Letters => {
+                let mut s = format!("{}\n", self.question.trim());
+                for (i, c) in self.choices.iter().enumerate() {
+                    s.push_str(&format!("{}. {}\n", letter(i), c.trim()));
+                }
+                s.push_str("Answer:");
+                (s, (0..self.choices.len()).map(|i| letter(i).to_string()).collect())
             }
-            s.push_str("Answer:");
-            s
-        }
+        };
+        McDoc { text, choices, answer: self.answer, subject: self.subject.clone(), id: self.id.clone(), language: self.language.clone(), record: self.record.clone(), ..Default::default() }
     }
 }
 
-fn mc_continuation(item: &McItem, i: usize, style: McStyle) -> String {
-    format!(" {}", mc_choice(item, i, style))
+/// Where k-shot examples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShotSource {
+    /// A dev (or train) split: its first k items, of the item's subject where the split carries subjects.
+    Dev,
+    /// The scored split itself (MMMLU has no other): its first k items of the subject other than the item.
+    Test,
 }
 
-/// The choice string itself, without the target delimiter: what lm-eval's acc_norm divides by the length of.
-fn mc_choice(item: &McItem, i: usize, style: McStyle) -> String {
-    match style {
-        McStyle::Continuation => item.choices[i].trim().to_string(),
-        McStyle::Letters => letter(i).to_string(),
+/// The few-shot examples of `doc`: the first `shots` of its pool (lm-eval's `first_n` sampler), the pool being the
+/// items of `doc`'s subject when the examples carry subjects, without `doc` itself when they come from its split.
+fn shots_for<'a>(doc: &McDoc, examples: &'a [McDoc], shots: usize, source: ShotSource) -> Result<Vec<&'a McDoc>> {
+    if shots == 0 {
+        return Ok(Vec::new());
     }
+    let by_subject = examples.iter().any(|e| e.subject.is_some());
+    let pool: Vec<&McDoc> = examples
+        .iter()
+        .filter(|e| !by_subject || e.subject == doc.subject)
+        .filter(|e| source == ShotSource::Dev || e.record != doc.record)
+        .collect();
+    if pool.len() < shots {
+        let whose = match (&doc.subject, by_subject) {
+            (Some(s), true) => format!(" of subject `{s}`"),
+            _ => String::new(),
+        };
+        let split = if source == ShotSource::Test { "the scored file (other than the item itself)" } else { "the dev split" };
+        bail!("{shots}-shot prompts need {shots} examples{whose}; {split} has {}", pool.len());
+    }
+    Ok(pool.into_iter().take(shots).collect())
+}
+
+/// The k-shot context of `doc` as lm-eval builds it: description, then each example's text, the target delimiter,
+/// its right choice and the few-shot delimiter, then the item's text.
+pub fn mc_context(doc: &McDoc, shots: &[&McDoc]) -> String {
+    let mut s = doc.description.clone();
+    for d in shots {
+        s.push_str(&d.text);
+        s.push_str(TARGET_DELIMITER);
+        s.push_str(&d.choices[d.answer]);
+        s.push_str(FEWSHOT_DELIMITER);
+    }
+    s.push_str(&doc.text);
+    s
+}
+
+/// The k-shot context of `doc` under a template: as lm-eval's `fewshot_as_multiturn`, each example a user turn
+/// (its text) and an assistant turn (its right choice), then the item's text as the last user turn; the task's
+/// description leads the first turn. Without a template this is [`mc_context`].
+pub fn mc_context_in(doc: &McDoc, shots: &[&McDoc], template: &PromptTemplate) -> Result<String> {
+    if matches!(template, PromptTemplate::None) {
+        return Ok(mc_context(doc, shots));
+    }
+    let mut messages: Vec<Message> = shots.iter().flat_map(|d| example_turn(&d.text, &d.choices[d.answer], TARGET_DELIMITER, FEWSHOT_DELIMITER)).collect();
+    messages.push(Message::user(doc.text.clone(), ""));
+    messages[0].content.insert_str(0, &doc.description);
+    render(&messages, template)
+}
+
+/// Every doc's k-shot context (as [`score_mc`] scores them).
+pub fn contexts(docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate) -> Result<Vec<String>> {
+    docs.iter().map(|d| mc_context_in(d, &shots_for(d, examples, shots, source)?, template)).collect()
+}
+
+/// Context and continuation tokens as lm-eval's causal HF model makes them (`_encode_pair`): trailing whitespace of
+/// the context moves into the continuation; the context is encoded alone and the continuation is what encoding the
+/// whole text adds after as many tokens as the context alone has (both with the tokenizer's special tokens).
+pub fn encode_pair(tok: &TextTokenizer, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+    let trimmed = context.trim_end();
+    let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
+    // A chat template may have written the BOS token itself (as in lm-eval's HF model, it is not added twice).
+    let special = !tok.bos_token.as_deref().is_some_and(|b| !b.is_empty() && context.starts_with(b));
+    let whole = tok.encode(&format!("{context}{continuation}"), special)?;
+    let ctx = tok.encode(context, special)?;
+    let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
+    if cont.is_empty() {
+        bail!("the continuation {continuation:?} adds no token after its context");
+    }
+    Ok((ctx, cont))
 }
 
 /// The choice with the highest log-likelihood per character of its own string (lm-eval's acc_norm:
 /// `completion_len = len(choice)`, the delimiter not counted); the first on ties, as numpy's argmax.
 fn norm_argmax(ll: &[f64], choices: &[String]) -> usize {
     let norm: Vec<f64> = ll.iter().zip(choices).map(|(x, c)| x / c.chars().count() as f64).collect();
-    norm.iter().enumerate().fold(0, |best, (i, &x)| if x > norm[best] { i } else { best })
+    argmax(&norm)
 }
 
-/// The k-shot context of an item: the first `shots` dev items with their answers, then the question.
-pub fn mc_context(item: &McItem, dev: &[McItem], shots: usize, style: McStyle) -> String {
-    let mut s = String::new();
-    for d in dev.iter().take(shots) {
-        s.push_str(&mc_question(d, style));
-        s.push_str(&mc_continuation(d, d.answer, style));
-        s.push_str("\n\n");
-    }
-    s.push_str(&mc_question(item, style));
-    s
+fn argmax(xs: &[f64]) -> usize {
+    xs.iter().enumerate().fold(0, |best, (i, &x)| if x > xs[best] { i } else { best })
+}
+
+/// One subject's share of an [`McResult`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubjectResult {
+    pub acc: f64,
+    pub acc_norm: f64,
+    pub items: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct McResult {
+    /// Over all items: lm-eval's group score for every benchmark here, whose groups average their subjects
+    /// weighted by size (`weight_by_size: true`).
     pub acc: f64,
     /// Accuracy with each choice's log-likelihood divided by its length in characters (lm-eval's acc_norm).
     pub acc_norm: f64,
     pub items: usize,
+    /// Per subject, when the items carry subjects.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub subjects: BTreeMap<String, SubjectResult>,
     /// Log-likelihood of every choice of every item.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub loglikelihoods: Vec<Vec<f64>>,
@@ -83,48 +189,54 @@ pub struct McResult {
     pub item_scores: Vec<(f64, f64)>,
 }
 
-/// Scores every choice by the log-likelihood of its continuation given the context.
-pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, items: &[McItem], dev: &[McItem], shots: usize, style: McStyle, batch_size: usize) -> Result<McResult> {
-    if shots > dev.len() {
-        bail!("{shots}-shot prompts need {shots} dev items, the dev split has {}", dev.len());
-    }
-    // One example per (item, choice): context tokens (with the tokenizer's BOS) then continuation tokens, the
-    // continuation's tokens being the targets.
-    let mut examples = Vec::new();
-    for item in items {
-        let ctx = tok.encode(&mc_context(item, dev, shots, style), true)?;
-        for i in 0..item.choices.len() {
-            let cont = tok.encode(&mc_continuation(item, i, style), false)?;
-            let mut ids = ctx.clone();
-            ids.extend(&cont);
-            let is_target = (0..ids.len()).map(|k| k >= ctx.len()).collect();
-            examples.push(Example::new(ids, is_target, false));
+/// Scores every choice of every doc by the log-likelihood of its continuation given the doc's k-shot context.
+#[allow(clippy::too_many_arguments)]
+pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate, batch_size: usize) -> Result<McResult> {
+    // One example per (doc, choice); the continuation's tokens are the targets.
+    let mut seqs = Vec::new();
+    for (doc, context) in docs.iter().zip(contexts(docs, examples, shots, source, template)?) {
+        for choice in &doc.choices {
+            let (ctx, cont) = encode_pair(tok, &context, &format!("{TARGET_DELIMITER}{choice}"))?;
+            let is_target = (0..ctx.len() + cont.len()).map(|k| k >= ctx.len()).collect();
+            let mut ids = ctx;
+            ids.extend(cont);
+            seqs.push(Example::new(ids, is_target, false));
         }
     }
-    let mut nll = Vec::with_capacity(examples.len());
-    let bar = progress(examples.len(), "mc");
-    for chunk in examples.chunks(batch_size.max(1)) {
+    let mut nll = Vec::with_capacity(seqs.len());
+    let bar = progress(seqs.len(), "mc");
+    for chunk in seqs.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         nll.extend(model.example_nll(&Batch::pad(&refs, 0), adapter)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let (mut correct, mut correct_norm, mut k) = (0usize, 0usize, 0usize);
-    let mut lls = Vec::with_capacity(items.len());
-    let mut item_scores = Vec::with_capacity(items.len());
-    for item in items {
-        let ll: Vec<f64> = nll[k..k + item.choices.len()].iter().map(|x| -x).collect();
-        k += item.choices.len();
-        let argmax = |xs: &[f64]| xs.iter().enumerate().fold(0, |best, (i, &x)| if x > xs[best] { i } else { best });
-        let choices: Vec<String> = (0..item.choices.len()).map(|i| mc_choice(item, i, style)).collect();
-        let (right, right_norm) = (argmax(&ll) == item.answer, norm_argmax(&ll, &choices) == item.answer);
-        correct += right as usize;
-        correct_norm += right_norm as usize;
-        item_scores.push((right as u8 as f64, right_norm as u8 as f64));
+    let mut k = 0;
+    let mut lls = Vec::with_capacity(docs.len());
+    let mut item_scores = Vec::with_capacity(docs.len());
+    let mut per_subject: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
+    for doc in docs {
+        let ll: Vec<f64> = nll[k..k + doc.choices.len()].iter().map(|x| -x).collect();
+        k += doc.choices.len();
+        let right = (argmax(&ll) == doc.answer) as u8 as f64;
+        let right_norm = (norm_argmax(&ll, &doc.choices) == doc.answer) as u8 as f64;
+        if let Some(s) = &doc.subject {
+            let e = per_subject.entry(s.clone()).or_default();
+            *e = (e.0 + right, e.1 + right_norm, e.2 + 1);
+        }
+        item_scores.push((right, right_norm));
         lls.push(ll);
     }
-    let n = items.len().max(1) as f64;
-    Ok(McResult { acc: correct as f64 / n, acc_norm: correct_norm as f64 / n, items: items.len(), loglikelihoods: lls, item_scores })
+    let n = docs.len().max(1) as f64;
+    let subjects = per_subject.into_iter().map(|(s, (a, an, n))| (s, SubjectResult { acc: a / n as f64, acc_norm: an / n as f64, items: n })).collect();
+    Ok(McResult {
+        acc: item_scores.iter().map(|s| s.0).sum::<f64>() / n,
+        acc_norm: item_scores.iter().map(|s| s.1).sum::<f64>() / n,
+        items: docs.len(),
+        subjects,
+        loglikelihoods: lls,
+        item_scores,
+    })
 }
 
 #[cfg(test)]
@@ -138,17 +250,33 @@ mod tests {
         let choices = ["a".to_string(), "bbbb".to_string()];
         assert_eq!(norm_argmax(&[-2.0, -6.0], &choices), 1);
         assert_eq!(norm_argmax(&[-1.0, -1.0], &["x".to_string(), "y".to_string()]), 0, "ties go to the first");
-        let item = McItem { question: "q".into(), choices: vec!["  a ".into(), "bbbb".into()], answer: 1, id: None, language: None };
-        assert_eq!(mc_choice(&item, 0, McStyle::Continuation), "a");
-        assert_eq!(mc_choice(&item, 1, McStyle::Letters), "B");
-        assert_eq!(mc_continuation(&item, 0, McStyle::Continuation), " a", "the scored continuation keeps the delimiter");
+        let item = McItem { question: "q".into(), choices: vec!["  a ".into(), "bbbb".into()], answer: 1, ..Default::default() };
+        assert_eq!(item.to_doc(McStyle::Continuation).choices, ["a", "bbbb"]);
+        assert_eq!(item.to_doc(McStyle::Letters).choices, ["A", "B"]);
     }
+
+    fn item(q: &str, a: usize) -> McDoc {
+        McItem { question: q.into(), choices: vec!["yes".into(), "no".into()], answer: a, record: q.into(), ..Default::default() }.to_doc(McStyle::Continuation)
+    }
+
     #[test]
-    fn k_shot_contexts_put_dev_answers_before_the_question() {
-        let item = |q: &str, a: usize| McItem { question: q.into(), choices: vec!["yes".into(), "no".into()], answer: a, ..Default::default() };
+    fn k_shot_contexts_put_description_and_dev_answers_before_the_question() {
         let dev = vec![item("d1", 1), item("d2", 0)];
-        assert_eq!(mc_context(&item("q", 0), &dev, 1, McStyle::Continuation), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
-        assert_eq!(mc_context(&item("q", 0), &dev, 0, McStyle::Letters), "q\nA. yes\nB. no\nAnswer:");
-        assert_eq!(mc_continuation(&item("q", 0), 1, McStyle::Letters), " B");
+        let shots = shots_for(&item("q", 0), &dev, 1, ShotSource::Dev).unwrap();
+        assert_eq!(mc_context(&item("q", 0), &shots), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
+        let letters = McItem { question: "q".into(), choices: vec!["yes".into(), "no".into()], ..Default::default() }.to_doc(McStyle::Letters);
+        assert_eq!(mc_context(&McDoc { description: "About x.\n\n".into(), ..letters }, &[]), "About x.\n\nq\nA. yes\nB. no\nAnswer:");
+    }
+
+    #[test]
+    fn shots_come_from_the_items_subject_and_never_the_item_itself() {
+        let with = |q: &str, s: &str| McDoc { subject: Some(s.into()), ..item(q, 0) };
+        let pool = vec![with("a1", "a"), with("b1", "b"), with("a2", "a"), with("b2", "b")];
+        let texts = |v: Vec<&McDoc>| v.iter().map(|d| d.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(shots_for(&with("q", "b"), &pool, 2, ShotSource::Dev).unwrap()), [with("b1", "b").text, with("b2", "b").text]);
+        assert_eq!(texts(shots_for(&pool[1], &pool, 1, ShotSource::Test).unwrap()), [with("b2", "b").text]);
+        let err = shots_for(&with("q", "a"), &pool, 3, ShotSource::Dev).unwrap_err().to_string();
+        assert!(err.contains("3-shot") && err.contains("subject `a`") && err.contains("has 2"), "{err}");
+        assert!(shots_for(&pool[0], &pool, 2, ShotSource::Test).is_err(), "the item itself is not an example");
     }
 }

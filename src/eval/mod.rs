@@ -1,15 +1,25 @@
 //! Evaluation: held-out loss and perplexity, and benchmarks in the conventions of lm-evaluation-harness
-//! (multiple-choice log-likelihood scoring, generative QA with exact match / F1 / MGSM's final number).
+//! (multiple-choice log-likelihood scoring, generative QA with exact match / F1 / MGSM's final number), the
+//! generative benchmarks in their released layouts ([`qa_formats`]), and the template prompts are wrapped in
+//! ([`prompt`]).
 //!
 //! The recipe's `[[evals]]` entries ([`crate::recipe::BenchmarkSection`]) say what to score; this folder reads the
 //! items ([`items`]), builds prompts and scores them ([`mc`], [`qa`], [`metrics`], [`loss`]), and runs a benchmark
-//! for a model and adapter ([`task`]). The recipe does not import this folder.
+//! for a model and adapter ([`task`]). MT-Bench-style questions are answered turn by turn ([`multiturn`]) and
+//! graded by an LLM judge ([`judge`]). The recipe does not import this folder.
 
 pub mod items;
+pub mod judge;
 pub mod loss;
 pub mod mc;
+pub mod mc_formats;
 pub mod metrics;
+pub mod prompt;
+mod pyrandom;
+pub mod multiturn;
 pub mod qa;
+pub mod qa_formats;
+pub mod qa_metrics;
 pub mod task;
 
 pub use loss::{evaluate, evaluate_by_language, nan_if_null, EvalResult, HeldoutResult};

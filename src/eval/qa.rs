@@ -3,6 +3,7 @@
 use super::items::QaItem;
 use super::metrics::{contains, exact_match, f1, final_number};
 use super::progress;
+use super::prompt::{example_turn, render, Message, PromptTemplate};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
@@ -63,18 +64,21 @@ pub fn score_qa(preds: &[String], items: &[QaItem]) -> QaResult {
     }
 }
 
-/// The k-shot prompt of a QA item.
+/// The k-shot prompt of a QA item as messages.
+pub fn qa_messages(item: &QaItem, dev: &[QaItem], shots: usize) -> Vec<Message> {
+    let mut m: Vec<Message> = dev.iter().take(shots).flat_map(|d| example_turn(&format!("Question: {}\nAnswer:", d.question), &d.answers[0], " ", "\n\n")).collect();
+    m.push(Message::user(format!("Question: {}\nAnswer:", item.question), ""));
+    m
+}
+
+/// The k-shot prompt of a QA item as plain text.
 pub fn qa_prompt(item: &QaItem, dev: &[QaItem], shots: usize) -> String {
-    let mut s = String::new();
-    for d in dev.iter().take(shots) {
-        s.push_str(&format!("Question: {}\nAnswer: {}\n\n", d.question, d.answers[0]));
-    }
-    s.push_str(&format!("Question: {}\nAnswer:", item.question));
-    s
+    render(&qa_messages(item, dev, shots), &PromptTemplate::None).expect("plain text renders")
 }
 
 /// Generates greedy answers (up to a blank line or a new "Question:") and scores them.
-pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos: u32, pad: u32, items: &[QaItem], dev: &[QaItem], shots: usize, max_new_tokens: usize, batch_size: usize) -> Result<(QaResult, Vec<String>)> {
+#[allow(clippy::too_many_arguments)]
+pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos: u32, pad: u32, items: &[QaItem], dev: &[QaItem], shots: usize, template: &PromptTemplate, max_new_tokens: usize, batch_size: usize) -> Result<(QaResult, Vec<String>)> {
     if shots > dev.len() {
         bail!("{shots}-shot prompts need {shots} dev items, the dev split has {}", dev.len());
     }
@@ -83,7 +87,7 @@ pub fn run_qa(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, eos
     let bar = progress(items.len(), "qa");
     for chunk in items.chunks(batch_size.max(1)) {
         bar.inc(chunk.len() as u64);
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|it| tok.encode(&qa_prompt(it, dev, shots), true)).collect::<Result<_>>()?;
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|it| super::prompt::encode(&render(&qa_messages(it, dev, shots), template)?, tok)).collect::<Result<_>>()?;
         for g in crate::generate::generate(model, adapter, tok, &prompts, &[eos], pad, &opts)? {
             preds.push(g.text.trim().to_string());
         }

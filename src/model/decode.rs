@@ -2,10 +2,11 @@
 //! attends to everything cached. Rows may be left-padded to batch prompts of different lengths: padding keys are
 //! masked and each row's positions count only its real tokens, as transformers does with an attention mask.
 
+use super::layer::qk_heads;
 use super::Model;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::LoraSaved;
-use crate::ops::rope::{self, RopeTables};
+use crate::ops::rope::RopeTables;
 use crate::ops::{rmsnorm, softcap};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor};
@@ -59,7 +60,7 @@ impl Model {
             cache.key_valid[row].extend(v);
         }
         let cfg = &self.cfg;
-        let rope = RopeTables::new(&positions, cfg.head_dim, cfg.rope_theta, self.dtype, &self.device)?;
+        let rope = self.rope_tables(&positions)?;
         let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         let mut x = self.embed_rows(ids)?;
         for li in 0..self.layers.len() {
@@ -78,8 +79,8 @@ impl Model {
     /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, and no
     /// padding — except that every query sees its own key, so padding rows stay finite (a fully masked row
     /// would turn into NaN and reach real rows through 0 × NaN). A sliding window counts positions, not cache
-    /// slots, so left padding does not shrink it: each row sees what it would alone, as transformers' unpadded
-    /// generation does.
+    /// slots: between a row's real tokens that is the index distance transformers counts (left padding shifts
+    /// query and keys alike), and padding appended after a row finished cannot shrink its window.
     fn decode_mask(&self, cache: &KvCache, t: usize, window: Option<usize>) -> Result<Tensor> {
         let total = cache.len();
         let past = total - t;
@@ -102,8 +103,8 @@ impl Model {
         let mut unused: [Option<LoraSaved>; 7] = Default::default();
         let (n1, _) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n1 = n1.flatten_to(1)?;
-        let q = rope::forward_heads(&self.project(li, Target::Q, &n1, adapter, None, &mut unused)?, rope, cfg.num_heads)?;
-        let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, None, &mut unused)?, rope, cfg.num_kv_heads)?;
+        let q = qk_heads(&self.project(li, Target::Q, &n1, adapter, None, &mut unused)?, lw.qk_norm.as_ref().map(|n| &n.0), cfg, rope, cfg.num_heads)?.0;
+        let k = qk_heads(&self.project(li, Target::K, &n1, adapter, None, &mut unused)?, lw.qk_norm.as_ref().map(|n| &n.1), cfg, rope, cfg.num_kv_heads)?.0;
         let v = self.project(li, Target::V, &n1, adapter, None, &mut unused)?.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
         let k = match cache.k[li].take() {
             Some(past) => Tensor::cat(&[&past, &k], 2)?,

@@ -1,7 +1,8 @@
 //! One decoder layer: pre-norm attention and pre-norm gated MLP, each with a residual.
 //!
 //! ```text
-//! n1 = rmsnorm(x);  q,k,v = proj(n1);  q,k = rope(q,k);  o = attn(q,k,v);  x1 = x + o_proj(o)
+//! n1 = rmsnorm(x);  q,k,v = proj(n1);  [Qwen3: q,k = rmsnorm per head];  q,k = rope(q,k);
+//! o = attn(q,k,v);  x1 = x + o_proj(o)
 //! n2 = rmsnorm(x1); h = act(gate(n2)) ⊙ up(n2);  y = x1 + down(h)
 //! ```
 //!
@@ -9,17 +10,44 @@
 //! `y = x1 + rmsnorm(down(h))`), soft-caps attention scores and slides a window on every other layer.
 
 use super::{Grads, Inputs, Model, StepCtx};
+use crate::config::ModelConfig;
 use crate::lora::{Adapter, Target};
 use crate::ops::linear::{self, LoraApply, LoraSaved};
 use crate::ops::{activation, attention, moe, rmsnorm, rope};
 use anyhow::Result;
 use candle_core::Tensor;
 
+/// What Qwen3's per-head q/k norm keeps for backward: its input `[B·T, H, d]` and `rstd`.
+pub(crate) struct HeadNorm {
+    x: Tensor,
+    rstd: Tensor,
+}
+
+/// A q or k projection output `rows` `[B·T, H·d]` → `[B, H, T, d]` rotated, normalised per head first when the
+/// family has a q/k norm (`norm`).
+pub(crate) fn qk_heads(rows: &Tensor, norm: Option<&Tensor>, cfg: &ModelConfig, tables: &rope::RopeTables, heads: usize) -> Result<(Tensor, Option<HeadNorm>)> {
+    let Some(w) = norm else { return Ok((rope::forward_heads(rows, tables, heads)?, None)) };
+    let x = rows.reshape((rows.dim(0)?, heads, cfg.head_dim))?;
+    let (y, rstd) = rmsnorm::forward(&x, w, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
+    let out = rope::forward_heads(&y.reshape(rows.shape())?, tables, heads)?;
+    Ok((out, Some(HeadNorm { x, rstd })))
+}
+
+/// Backward of [`qk_heads`]: `dy` `[B, H, T, d]` → `[B·T, H·d]`.
+fn qk_heads_backward(dy: &Tensor, norm: Option<(&Tensor, &HeadNorm)>, cfg: &ModelConfig, tables: &rope::RopeTables) -> Result<Tensor> {
+    let drows = rope::backward_rows(dy, tables)?;
+    let Some((w, saved)) = norm else { return Ok(drows) };
+    let dx = rmsnorm::backward(&drows.reshape(saved.x.shape())?, &saved.x, w, cfg.norm_weight_offset, &saved.rstd)?;
+    Ok(dx.reshape(drows.shape())?)
+}
+
 /// Everything a layer's backward needs from its forward.
 pub(crate) struct LayerCache {
     x: Tensor,
     rstd1: Tensor,
     n1: Tensor,
+    q_norm: Option<HeadNorm>,
+    k_norm: Option<HeadNorm>,
     /// `[B, H, T, d]`, after RoPE.
     q: Tensor,
     k: Tensor,
@@ -101,8 +129,9 @@ impl Model {
         let mut lora: [Option<LoraSaved>; 7] = Default::default();
         let (n1, rstd1) = rmsnorm::forward(x, &lw.input_norm, cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let n1 = n1.flatten_to(1)?;
-        let q = rope::forward_heads(&self.project(li, Target::Q, &n1, adapter, dropout, &mut lora)?, &inp.rope, cfg.num_heads)?;
-        let k = rope::forward_heads(&self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, &inp.rope, cfg.num_kv_heads)?;
+        let norms = lw.qk_norm.as_ref();
+        let (q, q_norm) = qk_heads(&self.project(li, Target::Q, &n1, adapter, dropout, &mut lora)?, norms.map(|n| &n.0), cfg, &inp.rope, cfg.num_heads)?;
+        let (k, k_norm) = qk_heads(&self.project(li, Target::K, &n1, adapter, dropout, &mut lora)?, norms.map(|n| &n.1), cfg, &inp.rope, cfg.num_kv_heads)?;
         let v = self.project(li, Target::V, &n1, adapter, dropout, &mut lora)?;
         let v = v.reshape((b, t, cfg.num_kv_heads, d))?.transpose(1, 2)?.contiguous()?;
         let (o, lse) = attention::forward(&q, &k, &v, &inp.mask, &self.attn_opts(li))?;
@@ -114,7 +143,7 @@ impl Model {
         let (mlp_out, mlp) = self.mlp_forward(li, &n2, adapter, dropout, &mut lora)?;
         let (mlp_out, mlp_out_norm) = maybe_norm(mlp_out.reshape(x.shape())?, lw.mlp_out_norm.as_ref(), cfg.norm_weight_offset, cfg.rms_norm_eps)?;
         let y = x1.add(&mlp_out)?;
-        let cache = LayerCache { x: x.clone(), rstd1, n1, q, k, v, o, lse, o2, x1, rstd2, n2, mlp, attn_out_norm, mlp_out_norm, lora };
+        let cache = LayerCache { x: x.clone(), rstd1, n1, q_norm, k_norm, q, k, v, o, lse, o2, x1, rstd2, n2, mlp, attn_out_norm, mlp_out_norm, lora };
         Ok((y, cache))
     }
 
@@ -186,8 +215,9 @@ impl Model {
         let do2 = self.project_backward(li, Target::O, &dattn.flatten_to(1)?, c, adapter, grads)?;
         let do_ = do2.reshape((b, t, cfg.num_heads, d))?.transpose(1, 2)?.contiguous()?;
         let (dq, dk, dv) = attention::backward(&do_, &c.q, &c.k, &c.v, &c.o, &c.lse, &inp.mask, &self.attn_opts(li))?;
-        let dq = rope::backward_rows(&dq, &inp.rope)?;
-        let dk = rope::backward_rows(&dk, &inp.rope)?;
+        let norms = lw.qk_norm.as_ref();
+        let dq = qk_heads_backward(&dq, norms.map(|n| &n.0).zip(c.q_norm.as_ref()), cfg, &inp.rope)?;
+        let dk = qk_heads_backward(&dk, norms.map(|n| &n.1).zip(c.k_norm.as_ref()), cfg, &inp.rope)?;
         let dv = dv.transpose(1, 2)?.reshape((b * t, ()))?;
         let mut dn1 = self.project_backward(li, Target::Q, &dq, c, adapter, grads)?;
         dn1 = dn1.add(&self.project_backward(li, Target::K, &dk, c, adapter, grads)?)?;

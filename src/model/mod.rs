@@ -1,4 +1,4 @@
-//! One decoder for Llama, Gemma and Qwen2: the families differ only in [`ModelConfig`] data.
+//! One decoder for Llama, Mistral, Gemma, Qwen2 and Qwen3: the families differ only in [`ModelConfig`] data.
 //!
 //! Training uses an explicit forward that keeps what backward needs and an explicit backward that produces only
 //! LoRA gradients. With activation recomputation only each layer's input is kept and the layer's forward is
@@ -27,6 +27,8 @@ pub struct LayerWeights {
     /// (`post_feedforward_layernorm`), applied before each residual add; `None` in other families.
     pub attn_out_norm: Option<Tensor>,
     pub mlp_out_norm: Option<Tensor>,
+    /// Qwen3's per-head RMSNorm weights of q and k (`[head_dim]`), applied before RoPE.
+    pub qk_norm: Option<(Tensor, Tensor)>,
     /// Indexed by [`Target::index`]; the MLP's three are `None` where the layer's MLP is a mixture of experts.
     pub proj: [Option<Frozen>; 7],
     /// Mixtral's experts and router, in place of the dense MLP.
@@ -147,7 +149,14 @@ impl Model {
                 }
                 None => None,
             };
+            let qk_norm = if cfg.qk_norm {
+                let d = cfg.head_dim;
+                Some((load(&format!("{p}.self_attn.q_norm.weight"), &[d])?, load(&format!("{p}.self_attn.k_norm.weight"), &[d])?))
+            } else {
+                None
+            };
             layers.push(LayerWeights {
+                qk_norm,
                 input_norm: norm("input_layernorm")?,
                 post_norm,
                 attn_out_norm,
@@ -176,9 +185,23 @@ impl Model {
         Ok(Inputs {
             b: batch.size(),
             t: batch.seq_len(),
-            rope: RopeTables::new(&batch.positions, self.cfg.head_dim, self.cfg.rope_theta, self.dtype, &self.device)?,
+            rope: self.rope_tables(&batch.positions)?,
             mask: attention::AttnMask::new(&batch.key_valid, batch.segments.as_deref(), &self.device),
         })
+    }
+
+    /// RoPE tables of the model's frequency scaling for `positions` `[B][T]`.
+    pub(crate) fn rope_tables(&self, positions: &[Vec<u32>]) -> Result<RopeTables> {
+        if let Some(limit) = self.cfg.rope_position_limit() {
+            let longest = positions.iter().flatten().max().map_or(0, |&p| p as usize + 1);
+            anyhow::ensure!(
+                longest <= limit,
+                "a sequence reaches {longest} positions, beyond max_position_embeddings = {limit} of this checkpoint's \
+                 `dynamic` RoPE scaling: transformers recomputes its frequencies per call beyond that length, which \
+                 is not supported; keep max_seq_len (prompt + generated tokens) at most {limit}"
+            );
+        }
+        Ok(RopeTables::from_inv_freq(positions, &self.cfg.rope_inv_freq(), self.dtype, &self.device)?)
     }
 
     fn embed(&self, batch: &Batch) -> Result<Tensor> {

@@ -59,6 +59,12 @@ impl AttnMask {
         Ok(m)
     }
 
+    /// Whether `window` hides any key of these rows: only then does the mask differ from the causal one (a
+    /// Mistral window longer than the batch keeps the fused kernels).
+    pub fn window_applies(&self, window: Option<usize>) -> bool {
+        window.is_some_and(|w| w < self.key_valid.first().map_or(0, |r| r.len()))
+    }
+
     /// `(valid, segment)` per token, u32 `[B, T]`.
     pub fn tokens(&self) -> Result<&(Tensor, Tensor)> {
         if let Some(t) = self.tokens.get() {
@@ -87,12 +93,13 @@ fn use_tensor_cores(q: &Tensor) -> Result<bool> {
 }
 
 /// Whether the fused CUDA kernels serve these inputs (CUDA, f32/bf16, an instantiated head dim, not tracked).
-/// The kernels know neither soft-capping nor sliding windows: such layers take the Candle-op reference on the
-/// GPU instead (dense mask, `[B, H, T, T]` scores in memory), explicitly here rather than wrongly in a kernel.
+/// The kernels know neither soft-capping nor sliding windows: such layers (or a window that hides keys of this
+/// batch) take the Candle-op reference on the GPU instead (dense mask, `[B, H, T, T]` scores in memory),
+/// explicitly here rather than wrongly in a kernel.
 #[cfg(feature = "cuda")]
-fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<bool> {
+fn use_cuda_kernels(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, opts: &AttnOpts) -> Result<bool> {
     Ok(opts.softcap.is_none()
-        && opts.window.is_none()
+        && !mask.window_applies(opts.window)
         && crate::cuda::applies(&[q, k, v])
         && crate::cuda::ATTENTION_HEAD_DIMS.contains(&q.dim(D::Minus1)?))
 }
@@ -146,7 +153,7 @@ fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 /// `q`: `[B, Hq, T, d]`, `k`/`v`: `[B, Hkv, T, d]`. Returns `(o [B, Hq, T, d], lse [B, Hq, T, 1] f32)`.
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, opts: &AttnOpts) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if use_cuda_kernels(q, k, v, opts)? {
+    if use_cuda_kernels(q, k, v, mask, opts)? {
         let (valid, seg) = mask.tokens()?;
         return if use_tensor_cores(q)? {
             crate::cuda::attention_fwd_chunked(q, k, v, valid, seg, opts.scale, None)
@@ -174,7 +181,7 @@ fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, opts: &AttnOp
 #[allow(clippy::too_many_arguments)]
 pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &AttnMask, opts: &AttnOpts) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if use_cuda_kernels(q, k, v, opts)? {
+    if use_cuda_kernels(q, k, v, mask, opts)? {
         let (valid, seg) = mask.tokens()?;
         let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
         return if use_tensor_cores(q)? {

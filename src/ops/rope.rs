@@ -10,15 +10,17 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// `positions` holds one position per token, `[B][T]`.
+    /// `positions` holds one position per token, `[B][T]`; plain RoPE of base `theta`.
     pub fn new(positions: &[Vec<u32>], head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_inv_freq(positions, &plain_inv_freq(head_dim, theta), dtype, device)
+    }
+
+    /// Tables of any frequency scaling: `inv_freq` holds `head_dim / 2` inverse frequencies
+    /// ([`crate::config::ModelConfig::rope_inv_freq`]).
+    pub fn from_inv_freq(positions: &[Vec<u32>], inv_freq: &[f32], dtype: DType, device: &Device) -> Result<Self> {
         let b = positions.len();
         let t = positions.first().map_or(0, |p| p.len());
-        let half = head_dim / 2;
-        // transformers computes inv_freq and the angles in f32: do the same so long positions agree to the ulp.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let head_dim = 2 * inv_freq.len();
         let mut angles = Vec::with_capacity(b * t * head_dim);
         for seq in positions {
             for &p in seq {
@@ -30,6 +32,11 @@ impl RopeTables {
         let angles = Tensor::from_vec(angles, (b, 1, t, head_dim), device)?;
         Ok(Self { cos: angles.cos()?.to_dtype(dtype)?, sin: angles.sin()?.to_dtype(dtype)? })
     }
+}
+
+/// transformers computes inv_freq and the angles in f32: do the same so long positions agree to the ulp.
+pub fn plain_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
 fn rotate_half(x: &Tensor) -> Result<Tensor> {

@@ -16,6 +16,7 @@ use crate::data::filter::Dropped;
 use crate::data::pipeline::{self, BadRecords, ConditionData, EvalSet};
 use crate::data::TrainOn;
 use crate::recipe::{ModelSection, Recipe};
+use crate::checkpoint::Need;
 use crate::session::{ModelText, Session};
 use anyhow::{bail, Context, Result};
 use progress::{Mode, Progress};
@@ -116,7 +117,8 @@ pub fn load_recipe(path: &Path, opts: &Options) -> Result<Recipe> {
         // A path given on the command line is relative to the working directory, not to the recipe.
         let path = if Path::new(m).exists() { std::fs::canonicalize(m).with_context(|| format!("--model {m}"))?.to_string_lossy().into_owned() } else { m.clone() };
         let template = recipe.models().into_iter().next().expect("validated: at least one model");
-        recipe.model = Some(ModelSection { path, name: None, ..template });
+        // The recipe's revision belongs to the recipe's model: `--model org/name@rev` names another's.
+        recipe.model = Some(ModelSection { path, name: None, revision: None, ..template });
         recipe.models.clear();
     }
     if let Some(d) = &opts.benchmarks_root {
@@ -277,6 +279,17 @@ fn condition_names(recipe: &Recipe, data_root: Option<&Path>) -> Result<Vec<Stri
     Ok(pipeline::expand_with_root(recipe, data_root)?.conditions.into_iter().map(|c| c.name).collect())
 }
 
+/// An `[[evals]]` entry with its files resolved against benchmarks_root: `path`, `dev` and the judge's `reference`
+/// and `baseline` (the judge's `cache`, like output_dir, is relative to the working directory).
+fn resolved_benchmark(recipe: &Recipe, spec: &crate::recipe::BenchmarkSection) -> crate::recipe::BenchmarkSection {
+    let judge = spec.judge.as_ref().map(|j| crate::recipe::JudgeSection {
+        reference: j.reference.as_ref().map(|p| recipe.resolve_benchmark(p)),
+        baseline: j.baseline.as_ref().map(|p| recipe.resolve_benchmark(p)),
+        ..j.clone()
+    });
+    crate::recipe::BenchmarkSection { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), judge, ..spec.clone() }
+}
+
 /// Expands the recipe and its data without training: what `trainer plan` shows.
 pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let recipe = load_recipe(recipe_path, opts)?;
@@ -284,7 +297,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let runs = selected_runs(&recipe, opts)?;
     // The benchmarks are read only after training: a missing file is found now, not hours later.
     for spec in &recipe.evals {
-        for p in std::iter::once(&spec.path).chain(&spec.dev) {
+        let judge_files = spec.judge.iter().flat_map(|j| j.reference.iter().chain(&j.baseline));
+        for p in std::iter::once(&spec.path).chain(&spec.dev).chain(judge_files) {
             let resolved = recipe.resolve_benchmark(p);
             if !resolved.is_file() {
                 bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());
@@ -295,12 +309,15 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let mut bad = BadRecords::default();
     let mut dropped = Dropped::new();
     let mut warnings = Vec::new();
+    let mut memory = Vec::new();
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
         if mine.is_empty() {
             continue;
         }
-        let text = ModelText::open(&model.path, Some(&recipe.base_dir)).with_context(|| format!("model `{}`", model.short_name()))?;
+        // Planning reads the config and tokenizer only: a hub model's weights are not downloaded for it.
+        let files = locate(model, &recipe.base_dir, Need::Text).with_context(|| format!("model `{}`", model.short_name()))?;
+        let text = ModelText::from_files(files).with_context(|| format!("model `{}`", model.short_name()))?;
         let mut found = Vec::new();
         let recipe = &bounded_for_model(&recipe, model, &text.config, &mut found);
         let (conditions, _, b, d) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
@@ -309,7 +326,8 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
             bad = b;
             dropped = d;
         }
-        let counts: Vec<usize> = conditions.iter().map(|c| sequences(recipe, &c.train).len()).collect();
+        let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(recipe, &c.train)).collect();
+        let counts: Vec<usize> = seqs.iter().map(Vec::len).collect();
         found.extend(data_warnings(recipe, &conditions, &counts));
         for w in found {
             if !warnings.contains(&w) {
@@ -319,8 +337,10 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
         for g in mine {
             out.push(planned(recipe, g, model, &conditions[g.condition], counts[g.condition]));
         }
+        let longest = seqs.iter().flatten().map(|e| e.ids.len()).max().unwrap_or(0);
+        memory.push(memory_estimate(recipe, model, &text, longest).with_context(|| format!("model `{}`: memory estimate", model.short_name()))?);
     }
-    Ok(Plan { runs: out, bad_records: bad, dropped, warnings })
+    Ok(Plan { runs: out, bad_records: bad, dropped, warnings, memory })
 }
 
 /// What `trainer plan` shows.
@@ -332,6 +352,39 @@ pub struct Plan {
     pub dropped: Dropped,
     /// Settings that will run but probably not as meant (e.g. warmup longer than the run).
     pub warnings: Vec<String>,
+    /// Per model: the memory a training step needs, estimated from its config.
+    pub memory: Vec<ModelMemory>,
+}
+
+/// One model's memory estimate in a plan.
+#[derive(Debug, Serialize)]
+pub struct ModelMemory {
+    pub model: String,
+    #[serde(flatten)]
+    pub estimate: crate::memory::MemoryEstimate,
+}
+
+/// The estimate for `model`'s runs: its dtype and device, the recipe's micro-batch and LoRA, and sequences as
+/// long as the longest the data gives (at most max_seq_len).
+fn memory_estimate(recipe: &Recipe, model: &ModelSection, text: &ModelText, longest: usize) -> Result<ModelMemory> {
+    let cuda = model.device.starts_with("cuda");
+    let dtype = crate::runtime::dtype_for(&model.dtype, cuda)?;
+    let config = std::fs::read_to_string(&text.files.config).with_context(|| format!("cannot read {}", text.files.config.display()))?;
+    let json: serde_json::Value = crate::jsonutil::from_str(&config).with_context(|| format!("{} is not valid JSON", text.files.config.display()))?;
+    let shape = crate::memory::Shape::from_config(&json).with_context(|| text.files.config.display().to_string())?;
+    let spec = recipe.lora.spec()?;
+    let t = &recipe.train;
+    let run = crate::memory::RunShape {
+        dtype_bytes: dtype.size_in_bytes(),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        cuda,
+        micro_batch: t.micro_batch_size.unwrap_or(t.batch_size),
+        seq_len: longest.max(1).min(t.max_seq_len),
+        lora_r: spec.r,
+        targets: spec.targets.iter().map(|t| t.index()).collect(),
+        recompute: t.gradient_checkpointing,
+    };
+    Ok(ModelMemory { model: model.short_name(), estimate: crate::memory::estimate(&shape, &run) })
 }
 
 /// The runs of the grid this invocation trains: its shard, and only the named runs when names are given.
@@ -366,7 +419,11 @@ fn fingerprint(recipe: &Recipe, model: &ModelSection, c: &ConditionData, g: &Gri
     train["lr"] = serde_json::json!(g.lr);
     train["checkpoint_every"] = serde_json::Value::Null;
     let what = serde_json::json!({
-        "model": model.path,
+        // A revision joins the path only when one is given, so folders trained before revisions existed still match.
+        "model": match &model.revision {
+            Some(r) => format!("{}@{r}", model.path),
+            None => model.path.clone(),
+        },
         "condition": c.name,
         "seed": g.seed,
         "data_seed": recipe.seed,
@@ -397,16 +454,25 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
     let recipe = load_recipe(recipe_path, opts)?;
     let models = recipe.models();
     let runs = selected_runs(&recipe, opts)?;
+    // Every model is found (hub models downloaded, with their own progress bars) before the sweep's bars start;
+    // a model that cannot be had fails its runs below.
+    let located: Vec<Option<Result<crate::checkpoint::ModelFiles>>> = models
+        .iter()
+        .enumerate()
+        .map(|(mi, m)| runs.iter().any(|g| g.model == mi).then(|| locate(m, &recipe.base_dir, Need::Weights)))
+        .collect();
+    // Ctrl-C during a download stops it (the partial file is kept): the sweep stops too, no run failed.
+    if let Some(first) = runs.first().filter(|_| INTERRUPTED.load(Ordering::SeqCst)) {
+        return Err(Interrupted::BetweenRuns { next: first.name.clone() }.into());
+    }
     // The output folder is created by the first run that writes into it: a recipe refused once its data and
     // model are read leaves nothing behind.
     let mut progress = Progress::new(mode, runs.len());
     let mut outcome = SweepOutcome { summaries: Vec::new(), failed: 0, skipped: 0, busy: Vec::new() };
-    for (mi, model) in models.iter().enumerate() {
+    for ((mi, model), files) in models.iter().enumerate().zip(located) {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let prepared = prepare_model(&recipe, model, opts.data_root.as_deref(), &progress);
+        let Some(files) = files else { continue };
+        let prepared = files.and_then(|files| prepare_model(&recipe, model, files, opts.data_root.as_deref(), &progress));
         let (recipe, session, conditions, sets, benchmarks, bad, dropped) = match prepared {
             Ok(x) => x,
             Err(e) => {
@@ -509,10 +575,15 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
 /// A model's recipe (bounded for it), session, data and benchmarks.
 type Prepared = (Recipe, Session, Vec<ConditionData>, Vec<EvalSet>, Vec<(String, crate::eval::Task)>, BadRecords, Dropped);
 
-fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
+/// A recipe model's files: a folder, or a hub id at the model's revision (downloaded when the cache lacks `need`).
+fn locate(model: &ModelSection, base_dir: &Path, need: Need) -> Result<crate::checkpoint::ModelFiles> {
+    crate::checkpoint::locate_model(&model.path, Some(base_dir), model.revision.as_deref(), need)
+}
+
+fn prepare_model(recipe: &Recipe, model: &ModelSection, files: crate::checkpoint::ModelFiles, data_root: Option<&Path>, progress: &Progress) -> Result<Prepared> {
     let device = crate::runtime::device(&model.device).with_context(|| format!("model `{}`: device", model.short_name()))?;
     let dtype = crate::runtime::dtype(&model.dtype, &device).with_context(|| format!("model `{}`: dtype", model.short_name()))?;
-    let session = Session::open(&model.path, Some(&recipe.base_dir), dtype, &device)?;
+    let session = Session::from_files(files, dtype, &device)?;
     let mut warnings = Vec::new();
     let recipe = bounded_for_model(recipe, model, &session.model.cfg, &mut warnings);
     for w in &warnings {
@@ -535,7 +606,7 @@ fn prepare_model(recipe: &Recipe, model: &ModelSection, data_root: Option<&Path>
     ));
     let mut benchmarks = Vec::new();
     for spec in &recipe.evals {
-        let spec = crate::recipe::BenchmarkSection { path: recipe.resolve_benchmark(&spec.path), dev: spec.dev.as_ref().map(|d| recipe.resolve_benchmark(d)), ..spec.clone() };
+        let spec = resolved_benchmark(&recipe, spec);
         benchmarks.push((spec.name.clone(), crate::eval::Task::load(&spec, &session).with_context(|| format!("[[evals]] `{}`", spec.name))?));
     }
     Ok((recipe.clone(), session, conditions, sets, benchmarks, bad, dropped))

@@ -135,7 +135,7 @@ pub fn csv(runs: &[RunSummary]) -> String {
 
 /// (benchmark, metric) pairs with a number in some run, in a fixed order.
 fn benchmark_columns(runs: &[RunSummary]) -> Vec<(String, String)> {
-    const METRICS: [&str; 8] = ["acc", "acc_norm", "exact_match", "f1", "contains", "number", "loss", "perplexity"];
+    const METRICS: [&str; 10] = ["acc", "acc_norm", "exact_match", "f1", "contains", "number", "score", "win_rate", "loss", "perplexity"];
     let mut out = BTreeSet::new();
     for r in runs {
         for (name, b) in &r.benchmarks {

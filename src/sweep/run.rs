@@ -259,6 +259,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     }
     // What exported adapters, run.json and this file call the base model: PEFT must find it from anywhere.
     let base_model = session.text.files.reference();
+    let base_revision = session.text.files.revision.as_deref();
     let config = json!({
         "run": input.name,
         "fingerprint": input.fingerprint,
@@ -353,12 +354,12 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
             progress.eval(input.name, m.step, judge);
             if keep == "all" {
                 let out = dir.join("adapters").join(format!("step-{}", m.step));
-                adapter.save_peft(&out, &base_model, save_dtype)?;
+                adapter.save_peft(&out, &base_model, base_revision, save_dtype)?;
                 let at_step = RunSummary { heldout: heldout.clone(), sets: sets.clone(), ..input.summary() };
                 crate::fsutil::write_atomic(&out.join("README.md"), model_card(&at_step, &adapter.spec, m.step, total_steps).as_bytes())?;
             }
             if keep == "best" && position.best.as_ref().is_none_or(|b| judge.loss < b.loss) {
-                adapter.save_peft(&dir.join("adapter"), &base_model, save_dtype)?;
+                adapter.save_peft(&dir.join("adapter"), &base_model, base_revision, save_dtype)?;
                 position.best = Some(Best { step: m.step, epoch: m.epoch, loss: judge.loss, perplexity: judge.perplexity });
             }
             save_state = true;
@@ -386,7 +387,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let kept_eval: Option<HeldoutResult> = kept.filter(|h| h.get("loss").is_some()).map(|h| serde_json::from_value(h.clone())).transpose()?;
     let kept_sets = kept.and_then(|h| h.get("sets")).map(|s| serde_json::from_value(s.clone())).transpose()?.unwrap_or_default();
     if keep != "best" || position.best.is_none() {
-        adapter.save_peft(&dir.join("adapter"), &base_model, save_dtype)?;
+        adapter.save_peft(&dir.join("adapter"), &base_model, base_revision, save_dtype)?;
     }
     // Benchmarks score the adapter that was exported (the best one, for keep = "best"), read back from disk.
     let mut benchmarks = std::collections::BTreeMap::new();

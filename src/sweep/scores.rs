@@ -8,8 +8,9 @@ use crate::stats;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Metrics in the order tables show them; loss and perplexity (lower is better) stay out of ΔS.
-pub const METRICS: [&str; 8] = ["acc", "acc_norm", "exact_match", "f1", "contains", "number", "loss", "perplexity"];
+/// Metrics in the order tables show them (score: the LLM judge's mean 1–10 rating; win_rate: its pairwise win rate);
+/// loss and perplexity (lower is better) stay out of ΔS.
+pub const METRICS: [&str; 10] = ["acc", "acc_norm", "exact_match", "f1", "contains", "number", "score", "win_rate", "loss", "perplexity"];
 /// The bootstrap's confidence level.
 pub const LEVEL: f64 = 0.95;
 
