@@ -413,7 +413,17 @@ fn real_main() -> Result<i32> {
             Ok(0)
         }
         Command::Eval { model, adapter, runs, task, data, dev, shots, style, max_new_tokens, format, template, fields, language, max_seq_len, batch_size, device, dtype, json, judge } => {
-            // The judge's files and key are checked before the model loads.
+            // Settings and files are checked before the model loads: the benchmark's (every task but judge, whose
+            // settings are its own below) and the judge's files and key.
+            let spec = if task == "judge" {
+                None
+            } else {
+                let fields = fields
+                    .iter()
+                    .map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN")))
+                    .collect::<Result<_>>()?;
+                Some(trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), template.as_deref(), fields, language.as_deref(), max_seq_len, batch_size)?)
+            };
             let judge_task = if task == "judge" {
                 let Some(out) = judge.out.clone() else {
                     anyhow::bail!("--task judge needs --out DIR (for answers.jsonl, judgments.jsonl and summary.json)");
@@ -452,11 +462,7 @@ fn real_main() -> Result<i32> {
             if let Some((judge_task, out)) = judge_task {
                 return run_judge(&judge_task, &session, &device, runs, adapter, &out, json);
             }
-            let fields = fields
-                .iter()
-                .map(|f| f.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--field {f}: expected FIELD=COLUMN")))
-                .collect::<Result<_>>()?;
-            let spec = trainer::recipe::BenchmarkSection::parse(&task, &data, dev.as_deref(), shots, &style, max_new_tokens, format.as_deref(), template.as_deref(), fields, language.as_deref(), max_seq_len, batch_size)?;
+            let Some(spec) = spec else { unreachable!("every task but judge has its spec") };
             let task = trainer::eval::Task::load(&spec, &session)?;
             let from_runs = runs.is_some();
             let mut skipped = std::collections::BTreeMap::new();
