@@ -195,8 +195,8 @@ enum Command {
         #[arg(long)]
         max_new_tokens: Option<usize>,
         /// loss: the data file's format (default alpaca). mc: generic (default), cmmlu, ceval, mmlu, okapi, mmmlu,
-        /// arc or hellaswag; qa: generic (default), xquad, tydiqa, mgsm_direct or mgsm_native_cot (each benchmark's
-        /// released columns, scored as lm-eval's task).
+        /// arc or hellaswag; qa: generic (default), xquad, tydiqa, mgsm (= mgsm_native_cot), mgsm_direct or
+        /// mgsm_native_cot (each benchmark's released columns, scored as lm-eval's task).
         #[arg(long)]
         format: Option<String>,
         /// loss: the training template (default alpaca). mc / qa: none (default, lm-eval's plain prompt), alpaca,

@@ -94,9 +94,16 @@ fn command_line_scores_mgsm_as_lm_eval() {
     assert_eq!(r["filters"]["flexible-extract"].as_f64(), Some(num(&run["metrics"]["exact_match,flexible-extract"])));
     assert!(r.get("f1").is_none(), "lm-eval reports no f1 for mgsm");
 
+    // `--format mgsm` (issue 12's name: the train split's worked answers as exemplars) is the chain-of-thought task,
+    // item for item: the same prompts, generations and scores.
+    let as_mgsm: Vec<&str> = args.iter().map(|a| if *a == "mgsm_native_cot" { "mgsm" } else { *a }).collect();
+    let o = trainer(&as_mgsm);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), r, "--format mgsm scores as mgsm_native_cot");
+
     let e = trainer(&["eval", "--model", "x", "--task", "qa", "--format", "squad", "--data", "d.jsonl"]);
     let err = String::from_utf8_lossy(&e.stderr);
-    assert!(!e.status.success() && err.contains("unknown qa format `squad`") && err.contains("xquad, tydiqa, mgsm_direct, mgsm_native_cot"), "{err}");
+    assert!(!e.status.success() && err.contains("unknown qa format `squad`") && err.contains("xquad, tydiqa, mgsm, mgsm_direct, mgsm_native_cot"), "{err}");
 }
 
 #[test]

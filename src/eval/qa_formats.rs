@@ -1,6 +1,7 @@
 //! Generative benchmarks in their Hugging Face layouts, prompted, generated and scored as lm-evaluation-harness
 //! 0.4.13's tasks do: `xquad` (xquad_<lang>), `tydiqa` (tydiqa_goldp_<lang>), `mgsm_direct` (mgsm_direct_<lang>)
-//! and `mgsm_native_cot` (mgsm_native_cot_<lang>). Each task's prompt words, target, delimiters, stop strings and
+//! and `mgsm_native_cot` (mgsm_native_cot_<lang>; `mgsm` names it too, as issue 12's command line does: MGSM with
+//! the train split's worked answers as exemplars). Each task's prompt words, target, delimiters, stop strings and
 //! filters are copied from its YAML; few-shot examples are drawn as lm-eval draws them (CPython's
 //! `random.Random(1234).sample` over the task's few-shot split, one generator per language, items in file order).
 
@@ -107,7 +108,8 @@ impl QaFormat {
             "xquad" => QaFormat::Xquad,
             "tydiqa" => QaFormat::Tydiqa,
             "mgsm_direct" => QaFormat::MgsmDirect,
-            "mgsm_native_cot" => QaFormat::MgsmNativeCot,
+            // The benchmark's own name: its worked answers as exemplars, which only the chain-of-thought task uses.
+            "mgsm" | "mgsm_native_cot" => QaFormat::MgsmNativeCot,
             other => bail!("unknown qa format `{other}` (known: {})", crate::recipe::QA_FORMATS.join(", ")),
         }))
     }
@@ -411,6 +413,7 @@ mod tests {
         let direct = prompts(QaFormat::MgsmDirect, std::slice::from_ref(&test), std::slice::from_ref(&train), 1).unwrap();
         assert_eq!(render(&direct[0], &PromptTemplate::None).unwrap(), "Pregunta: ¿2+3?\nRespuesta:5\n\nPregunta: ¿4+4?\nRespuesta:");
         assert!(prompts(QaFormat::MgsmDirect, std::slice::from_ref(&test), &[], 1).unwrap_err().to_string().contains("need 1 dev items"));
+        assert_eq!(QaFormat::parse("mgsm").unwrap(), Some(QaFormat::MgsmNativeCot), "mgsm: the worked answers as exemplars");
         let zh = mgsm_item("一共几个？", None, "3", "zh");
         assert_eq!(QaFormat::MgsmNativeCot.doc_to_text(&zh), "问题： 一共几个？\n逐步解答:");
     }

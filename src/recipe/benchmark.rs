@@ -147,7 +147,8 @@ fn continuation() -> String {
 }
 /// `--format` of `--task qa`: our `{question, answer}` files, and benchmarks in their Hugging Face layouts scored
 /// as lm-evaluation-harness's tasks of the same name.
-pub const QA_FORMATS: [&str; 5] = ["generic", "xquad", "tydiqa", "mgsm_direct", "mgsm_native_cot"];
+/// `mgsm` is `mgsm_native_cot` (lm-eval's task whose exemplars are the train split's worked answers).
+pub const QA_FORMATS: [&str; 6] = ["generic", "xquad", "tydiqa", "mgsm", "mgsm_direct", "mgsm_native_cot"];
 /// `--template` of mc / qa tasks.
 pub const PROMPT_TEMPLATES: [&str; 6] = ["none", "alpaca", "chatml", "gemma", "llama2-chat", "model"];
 
@@ -313,8 +314,9 @@ mod tests {
         assert_eq!((qa.format_name(), qa.template_name(), qa.max_new_tokens()), ("generic", "none", 64));
         let mgsm = section("format = \"mgsm_native_cot\"\ntemplate = \"chatml\"\nfields = { question = \"q\" }", "qa").unwrap();
         assert_eq!((mgsm.template_name(), mgsm.max_new_tokens(), mgsm.fields["question"].as_str()), ("chatml", 256, "q"));
+        assert_eq!(section("format = \"mgsm\"", "qa").unwrap().max_new_tokens(), 256, "mgsm is a benchmark format");
         let e = section("format = \"alpaca\"", "qa").unwrap_err().to_string();
-        assert!(e.contains("unknown qa format `alpaca` (known: generic, xquad, tydiqa, mgsm_direct, mgsm_native_cot)"), "{e}");
+        assert!(e.contains("unknown qa format `alpaca` (known: generic, xquad, tydiqa, mgsm, mgsm_direct, mgsm_native_cot)"), "{e}");
         assert!(section("fields = { a = \"b\" }", "loss").is_err());
         assert!(section("template = \"model\"", "mc").is_ok());
     }
