@@ -2,12 +2,14 @@
 //! samples in data/benchmarks, with the llama-gqa fixture model and its adapter, against what lm-eval reported for
 //! the same files, model and adapter (tests/fixtures/lm_eval/mc_expected.json, written by run_lm_eval.py there).
 //! Prompts must be lm-eval's to the character, accuracies (overall and per subject) equal, and every choice's
-//! log-likelihood within 1e-4 (float32 on both sides; the rest is summation order).
+//! log-likelihood within 1e-4 (float32 on both sides; the rest is summation order). ARC and HellaSwag draw their
+//! examples at random as lm-eval does; the runs with `"template": "chatml"` are lm-eval's `--apply_chat_template`
+//! (description as a system message, examples as turns, choices scored without the target delimiter).
 
 use candle_core::{DType, Device};
 use serde_json::Value;
 use std::path::PathBuf;
-use trainer::eval::mc::{contexts, score_mc};
+use trainer::eval::mc::{contexts, score_mc, target_delimiter};
 use trainer::eval::Task;
 use trainer::lora::Adapter;
 use trainer::recipe::BenchmarkSection;
@@ -25,7 +27,7 @@ fn expected() -> Value {
 
 fn spec(run: &Value) -> BenchmarkSection {
     let dev = run["dev"].as_str().map(|d| repo().join(d));
-    BenchmarkSection::parse("mc", &repo().join(run["data"].as_str().unwrap()), dev.as_deref(), run["shots"].as_u64().unwrap() as usize, "continuation", Some(8), run["format"].as_str(), None, Default::default(), run["language"].as_str(), 512, 4).unwrap()
+    BenchmarkSection::parse("mc", &repo().join(run["data"].as_str().unwrap()), dev.as_deref(), run["shots"].as_u64().unwrap() as usize, "continuation", Some(8), run["format"].as_str(), run["template"].as_str(), Default::default(), run["language"].as_str(), 512, 4).unwrap()
 }
 
 #[test]
@@ -36,17 +38,19 @@ fn every_format_scores_as_lm_eval_does() {
     let adapter = Adapter::load_peft(&root.join("adapters/llama-gqa"), &s.model.cfg, &Device::Cpu).unwrap();
     let runs = want["runs"].as_array().unwrap();
     assert!(runs.len() >= 18, "every format at 0 and 2 shots");
+    assert_eq!(runs.iter().filter(|r| r["template"] == "chatml").count(), 2, "cmmlu and arc under a chat template");
     for run in runs {
-        let what = format!("{} {}-shot", run["name"].as_str().unwrap(), run["shots"]);
-        let Task::Mc { items, examples, shots, source, batch_size, .. } = Task::load(&spec(run), &s).unwrap() else { panic!("{what}: not an mc task") };
+        let what = format!("{} {}-shot {}", run["name"].as_str().unwrap(), run["shots"], run["template"].as_str().unwrap_or("none"));
+        let Task::Mc { items, examples, shots, source, batch_size, template, .. } = Task::load(&spec(run), &s).unwrap() else { panic!("{what}: not an mc task") };
+        let template = PromptTemplate::parse(&template, &s.text.tokenizer).unwrap();
         let theirs = run["per_item"].as_array().unwrap();
         assert_eq!(items.len(), theirs.len(), "{what}: items");
-        for (i, (ctx, t)) in contexts(&items, &examples, shots, source, &PromptTemplate::None).unwrap().iter().zip(theirs).enumerate() {
+        for (i, (ctx, t)) in contexts(&items, &examples, shots, source, &template).unwrap().iter().zip(theirs).enumerate() {
             assert_eq!(ctx, t["context"].as_str().unwrap(), "{what} item {i}: context");
-            let conts: Vec<String> = items[i].choices.iter().map(|c| format!(" {c}")).collect();
+            let conts: Vec<String> = items[i].choices.iter().map(|c| format!("{}{c}", target_delimiter(&template))).collect();
             assert_eq!(serde_json::json!(conts), t["continuations"], "{what} item {i}: continuations");
         }
-        let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &examples, shots, source, &PromptTemplate::None, batch_size).unwrap();
+        let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &examples, shots, source, &template, batch_size).unwrap();
         for (i, (ours, t)) in r.loglikelihoods.iter().zip(theirs).enumerate() {
             let lls = t["loglikelihoods"].as_array().unwrap();
             assert_eq!(ours.len(), lls.len(), "{what} item {i}: choices");

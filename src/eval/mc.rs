@@ -8,6 +8,8 @@
 use super::items::McItem;
 use super::progress;
 use super::prompt::{example_turn, render, Message, PromptTemplate};
+use super::pyrandom::PyRandom;
+use crate::data::record::Role;
 use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
@@ -19,6 +21,18 @@ use std::collections::BTreeMap;
 /// lm-eval's defaults, which none of the multiple-choice tasks we follow overrides.
 const TARGET_DELIMITER: &str = " ";
 const FEWSHOT_DELIMITER: &str = "\n\n";
+/// lm-eval's few-shot seed (`simple_evaluate(fewshot_random_seed=1234)`), for the tasks that sample their examples.
+const FEWSHOT_SEED: u64 = 1234;
+
+/// What goes between an item's context and each scored choice. Under a chat template lm-eval's
+/// `construct_requests` drops the target delimiter (none of these tasks has a `gen_prefix`): the choice follows
+/// the template's generation prompt directly.
+pub fn target_delimiter(template: &PromptTemplate) -> &'static str {
+    match template {
+        PromptTemplate::Chat(_) => "",
+        PromptTemplate::None | PromptTemplate::Alpaca => TARGET_DELIMITER,
+    }
+}
 
 /// One multiple-choice item in lm-eval's terms.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,18 +84,29 @@ impl McItem {
     }
 }
 
-/// Where k-shot examples come from.
+/// Where k-shot examples come from, and how they are picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShotSource {
-    /// A dev (or train) split: its first k items, of the item's subject where the split carries subjects.
+    /// A dev (or train) split: its first k items (lm-eval's `first_n` sampler), of the item's subject where the
+    /// split carries subjects.
     Dev,
+    /// A dev (or train) split sampled as lm-eval's default sampler does (arc, hellaswag): each item in turn draws
+    /// `random.Random(1234).sample(pool, k)` from one generator per task (per subject where the split carries
+    /// subjects, as lm-eval has one task per subject). With `leave_out_item` it draws k + 1 and keeps the first k
+    /// that are not the item itself (lm-eval does so when the few-shot split equals the test split as configured:
+    /// hellaswag names neither, so both are None), so the draws differ, and the split needs k + 1 items.
+    DevSampled { leave_out_item: bool },
     /// The scored split itself (MMMLU has no other): its first k items of the subject other than the item.
     Test,
 }
 
-/// The few-shot examples of `doc`: the first `shots` of its pool (lm-eval's `first_n` sampler), the pool being the
-/// items of `doc`'s subject when the examples carry subjects, without `doc` itself when they come from its split.
-fn shots_for<'a>(doc: &McDoc, examples: &'a [McDoc], shots: usize, source: ShotSource) -> Result<Vec<&'a McDoc>> {
+/// The generators of [`ShotSource::DevSampled`], one per pool, advanced by the items in file order.
+type Draws = std::collections::HashMap<Option<String>, PyRandom>;
+
+/// The few-shot examples of `doc` from its pool — the items of `doc`'s subject when the examples carry subjects,
+/// without `doc` itself when they come from its split: the first `shots`, or for [`ShotSource::DevSampled`] the
+/// ones the pool's generator in `draws` picks.
+fn shots_for<'a>(doc: &McDoc, examples: &'a [McDoc], shots: usize, source: ShotSource, draws: &mut Draws) -> Result<Vec<&'a McDoc>> {
     if shots == 0 {
         return Ok(Vec::new());
     }
@@ -89,7 +114,7 @@ fn shots_for<'a>(doc: &McDoc, examples: &'a [McDoc], shots: usize, source: ShotS
     let pool: Vec<&McDoc> = examples
         .iter()
         .filter(|e| !by_subject || e.subject == doc.subject)
-        .filter(|e| source == ShotSource::Dev || e.record != doc.record)
+        .filter(|e| source != ShotSource::Test || e.record != doc.record)
         .collect();
     if pool.len() < shots {
         let whose = match (&doc.subject, by_subject) {
@@ -98,6 +123,25 @@ fn shots_for<'a>(doc: &McDoc, examples: &'a [McDoc], shots: usize, source: ShotS
         };
         let split = if source == ShotSource::Test { "the scored file (other than the item itself)" } else { "the dev split" };
         bail!("{shots}-shot prompts need {shots} examples{whose}; {split} has {}", pool.len());
+    }
+    if let ShotSource::DevSampled { leave_out_item } = source {
+        let rng = draws.entry(if by_subject { doc.subject.clone() } else { None }).or_insert_with(|| PyRandom::new(FEWSHOT_SEED));
+        if !leave_out_item {
+            return Ok(rng.sample(pool.len(), shots).into_iter().map(|i| pool[i]).collect());
+        }
+        if pool.len() < shots + 1 {
+            bail!("{shots}-shot prompts of this task draw {} examples and drop the item itself, as lm-eval's sampler does; the dev split has {}", shots + 1, pool.len());
+        }
+        let kept: Vec<&McDoc> = rng.sample(pool.len(), shots + 1).into_iter().map(|i| pool[i]).filter(|e| e.record != doc.record).take(shots).collect();
+        if kept.len() == shots {
+            return Ok(kept);
+        }
+        // Copies of the item were drawn: lm-eval draws again from the pool without them.
+        let others: Vec<&McDoc> = pool.into_iter().filter(|e| e.record != doc.record).collect();
+        if others.len() < shots {
+            bail!("{shots}-shot prompts need {shots} examples other than the item; the dev split has {}", others.len());
+        }
+        return Ok(rng.sample(others.len(), shots).into_iter().map(|i| others[i]).collect());
     }
     Ok(pool.into_iter().take(shots).collect())
 }
@@ -116,22 +160,26 @@ pub fn mc_context(doc: &McDoc, shots: &[&McDoc]) -> String {
     s
 }
 
-/// The k-shot context of `doc` under a template: as lm-eval's `fewshot_as_multiturn`, each example a user turn
-/// (its text) and an assistant turn (its right choice), then the item's text as the last user turn; the task's
-/// description leads the first turn. Without a template this is [`mc_context`].
+/// The k-shot context of `doc` under a template: as lm-eval's `fewshot_as_multiturn`, the task's description as a
+/// system message, each example a user turn (its text) and an assistant turn (its right choice), then the item's
+/// text as the last user turn. Without a template this is [`mc_context`].
 pub fn mc_context_in(doc: &McDoc, shots: &[&McDoc], template: &PromptTemplate) -> Result<String> {
     if matches!(template, PromptTemplate::None) {
         return Ok(mc_context(doc, shots));
     }
-    let mut messages: Vec<Message> = shots.iter().flat_map(|d| example_turn(&d.text, &d.choices[d.answer], TARGET_DELIMITER, FEWSHOT_DELIMITER)).collect();
+    let mut messages = Vec::new();
+    if !doc.description.is_empty() {
+        messages.push(Message { role: Role::System, content: doc.description.clone(), delimiter: String::new() });
+    }
+    messages.extend(shots.iter().flat_map(|d| example_turn(&d.text, &d.choices[d.answer], TARGET_DELIMITER, FEWSHOT_DELIMITER)));
     messages.push(Message::user(doc.text.clone(), ""));
-    messages[0].content.insert_str(0, &doc.description);
     render(&messages, template)
 }
 
 /// Every doc's k-shot context (as [`score_mc`] scores them).
 pub fn contexts(docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate) -> Result<Vec<String>> {
-    docs.iter().map(|d| mc_context_in(d, &shots_for(d, examples, shots, source)?, template)).collect()
+    let mut draws = Draws::new();
+    docs.iter().map(|d| mc_context_in(d, &shots_for(d, examples, shots, source, &mut draws)?, template)).collect()
 }
 
 /// Context and continuation tokens as lm-eval's causal HF model makes them (`_encode_pair`): trailing whitespace of
@@ -196,7 +244,7 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, d
     let mut seqs = Vec::new();
     for (doc, context) in docs.iter().zip(contexts(docs, examples, shots, source, template)?) {
         for choice in &doc.choices {
-            let (ctx, cont) = encode_pair(tok, &context, &format!("{TARGET_DELIMITER}{choice}"))?;
+            let (ctx, cont) = encode_pair(tok, &context, &format!("{}{choice}", target_delimiter(template)))?;
             let is_target = (0..ctx.len() + cont.len()).map(|k| k >= ctx.len()).collect();
             let mut ids = ctx;
             ids.extend(cont);
@@ -262,7 +310,7 @@ mod tests {
     #[test]
     fn k_shot_contexts_put_description_and_dev_answers_before_the_question() {
         let dev = vec![item("d1", 1), item("d2", 0)];
-        let shots = shots_for(&item("q", 0), &dev, 1, ShotSource::Dev).unwrap();
+        let shots = shots_for(&item("q", 0), &dev, 1, ShotSource::Dev, &mut Draws::new()).unwrap();
         assert_eq!(mc_context(&item("q", 0), &shots), "Question: d1\nAnswer: no\n\nQuestion: q\nAnswer:");
         let letters = McItem { question: "q".into(), choices: vec!["yes".into(), "no".into()], ..Default::default() }.to_doc(McStyle::Letters);
         assert_eq!(mc_context(&McDoc { description: "About x.\n\n".into(), ..letters }, &[]), "About x.\n\nq\nA. yes\nB. no\nAnswer:");
@@ -273,10 +321,31 @@ mod tests {
         let with = |q: &str, s: &str| McDoc { subject: Some(s.into()), ..item(q, 0) };
         let pool = vec![with("a1", "a"), with("b1", "b"), with("a2", "a"), with("b2", "b")];
         let texts = |v: Vec<&McDoc>| v.iter().map(|d| d.text.clone()).collect::<Vec<_>>();
-        assert_eq!(texts(shots_for(&with("q", "b"), &pool, 2, ShotSource::Dev).unwrap()), [with("b1", "b").text, with("b2", "b").text]);
-        assert_eq!(texts(shots_for(&pool[1], &pool, 1, ShotSource::Test).unwrap()), [with("b2", "b").text]);
-        let err = shots_for(&with("q", "a"), &pool, 3, ShotSource::Dev).unwrap_err().to_string();
+        let draws = &mut Draws::new();
+        assert_eq!(texts(shots_for(&with("q", "b"), &pool, 2, ShotSource::Dev, draws).unwrap()), [with("b1", "b").text, with("b2", "b").text]);
+        assert_eq!(texts(shots_for(&pool[1], &pool, 1, ShotSource::Test, draws).unwrap()), [with("b2", "b").text]);
+        let err = shots_for(&with("q", "a"), &pool, 3, ShotSource::Dev, draws).unwrap_err().to_string();
         assert!(err.contains("3-shot") && err.contains("subject `a`") && err.contains("has 2"), "{err}");
-        assert!(shots_for(&pool[0], &pool, 2, ShotSource::Test).is_err(), "the item itself is not an example");
+        assert!(shots_for(&pool[0], &pool, 2, ShotSource::Test, draws).is_err(), "the item itself is not an example");
+    }
+
+    #[test]
+    fn sampled_shots_follow_one_python_generator_per_pool() {
+        // CPython 3.11: r = random.Random(1234); r.sample(range(10), 3) == [7, 1, 0], then r.sample(range(10), 3)
+        // == [1, 0, 9] from the same generator (the next item's draw).
+        let dev: Vec<McDoc> = (0..10).map(|i| item(&format!("d{i}"), 0)).collect();
+        let draws = &mut Draws::new();
+        let picked = |draws: &mut Draws, leave_out_item| shots_for(&item("q", 0), &dev, 3, ShotSource::DevSampled { leave_out_item }, draws).unwrap().iter().map(|d| d.text.clone()).collect::<Vec<_>>();
+        let want = |idx: &[usize]| idx.iter().map(|&i| dev[i].text.clone()).collect::<Vec<_>>();
+        assert_eq!(picked(draws, false), want(&[7, 1, 0]));
+        assert_eq!(picked(draws, false), want(&[1, 0, 9]));
+        // Leaving the item out: random.Random(1234).sample(range(10), 4) == [7, 1, 0, 9], the first 3 kept.
+        assert_eq!(picked(&mut Draws::new(), true), want(&[7, 1, 0]));
+        // ... and the item itself (d1 here) is skipped: [7, 0, 9].
+        let d1 = dev[1].clone();
+        let kept = shots_for(&d1, &dev, 3, ShotSource::DevSampled { leave_out_item: true }, &mut Draws::new()).unwrap();
+        assert_eq!(kept.iter().map(|d| d.text.clone()).collect::<Vec<_>>(), want(&[7, 0, 9]));
+        let err = shots_for(&d1, &dev[..3], 3, ShotSource::DevSampled { leave_out_item: true }, &mut Draws::new()).unwrap_err().to_string();
+        assert!(err.contains("draw 4 examples") && err.contains("has 3"), "{err}");
     }
 }

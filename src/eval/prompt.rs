@@ -6,7 +6,8 @@
 //! delimiter) and an assistant message (the target, followed by the few-shot delimiter); the item itself is a user
 //! message with no delimiter. Without a chat template the messages are concatenated with their delimiters. With
 //! `--apply_chat_template` and `fewshot_as_multiturn` (simple_evaluate's default, True) every message is its own
-//! chat turn, delimiters dropped, and the template adds the generation prompt.
+//! chat turn, delimiters dropped, and the template adds the generation prompt; a task's description is a system
+//! message before them.
 
 use crate::data::chat::ChatTemplate;
 use crate::data::record::{AlpacaFields, Conversation, Role, Turn};
@@ -79,8 +80,18 @@ pub fn render(messages: &[Message], template: &PromptTemplate) -> Result<String>
             crate::data::template::Template::Alpaca.render(&fields, "").0
         }
         PromptTemplate::Chat(t) => {
-            let conv = Conversation { turns: messages.iter().map(|m| Turn { role: m.role, content: m.content.clone() }).collect() };
-            t.render(&conv, conv.turns.len(), true)?
+            let conv = |keep_system: bool| Conversation { turns: messages.iter().filter(|m| keep_system || m.role != Role::System).map(|m| Turn { role: m.role, content: m.content.clone() }).collect() };
+            let with_system = conv(true);
+            match t.render(&with_system, with_system.turns.len(), true) {
+                Ok(text) => text,
+                // lm-eval's HF model, when the template refuses the conversation (Gemma's raises on a system role),
+                // renders it again without its system messages: the task's description is then left out.
+                Err(_) if messages.iter().any(|m| m.role == Role::System) => {
+                    let without = conv(false);
+                    t.render(&without, without.turns.len(), true)?
+                }
+                Err(e) => return Err(e),
+            }
         }
     })
 }

@@ -45,7 +45,7 @@ impl Task {
                 let items = read(&spec.path)?;
                 // lm-eval leaves an item out of its own examples when they come from the scored split (MMMLU's only).
                 let (examples, source) = match &spec.dev {
-                    Some(dev) if dev != &spec.path => (read(dev)?, ShotSource::Dev),
+                    Some(dev) if dev != &spec.path => (read(dev)?, super::mc_formats::shot_source(spec.format_name())),
                     _ if spec.shots == 0 => (Vec::new(), ShotSource::Dev),
                     _ => (items.clone(), ShotSource::Test),
                 };

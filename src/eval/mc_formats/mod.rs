@@ -11,7 +11,7 @@ mod descriptions;
 mod hellaswag;
 mod mmlu_family;
 
-use super::mc::{McDoc, McStyle};
+use super::mc::{McDoc, McStyle, ShotSource};
 use crate::data::record::Location;
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -98,6 +98,18 @@ fn text_of(v: &Value) -> Option<String> {
 /// Python's `str.strip()` for the templates' `{{question.strip()}}`.
 pub(crate) fn py_strip(s: &str) -> &str {
     s.trim()
+}
+
+/// How lm-eval's task of `format` picks few-shot examples from a separate dev/train split: the first k
+/// (`sampler: first_n`, which the cmmlu, ceval, mmlu, m_mmlu and mmmlu YAMLs set), or at random with its default
+/// sampler (arc, hellaswag; hellaswag's YAML names no test split, which lm-eval then takes for the few-shot one and
+/// leaves the item out of the draw).
+pub fn shot_source(format: &str) -> ShotSource {
+    match format {
+        "arc" => ShotSource::DevSampled { leave_out_item: false },
+        "hellaswag" => ShotSource::DevSampled { leave_out_item: true },
+        _ => ShotSource::Dev,
+    }
 }
 
 /// What reading a file needs besides its rows.
