@@ -87,9 +87,12 @@ enum Failure {
 }
 
 struct Client<'a> {
-    agent: ureq2::Agent,
+    agent: ureq::Agent,
     settings: &'a HubSettings,
 }
+
+type Request = ureq::RequestBuilder<ureq::typestate::WithoutBody>;
+type Response = ureq::http::Response<ureq::Body>;
 
 /// Percent-encodes a URL path segment (revisions like `refs/pr/1` keep no slash, as huggingface_hub quotes them).
 fn encode(segment: &str, keep_slash: bool) -> String {
@@ -112,34 +115,36 @@ fn is_loopback(endpoint: &str) -> bool {
 
 impl<'a> Client<'a> {
     fn new(settings: &'a HubSettings) -> Self {
-        let agent = ureq2::AgentBuilder::new()
+        let agent = ureq::Agent::config_builder()
             // The Hub answers resolve URLs with a 302 to its CDN: the token goes only to the host it was meant for.
-            .redirect_auth_headers(ureq2::RedirectAuthHeaders::SameHost)
-            .redirects(8)
-            .timeout_connect(Duration::from_secs(30))
-            // A stalled transfer counts as a dropped one and is resumed.
-            .timeout_read(Duration::from_secs(60))
-            // ureq ignores NO_PROXY: a local endpoint (a mirror, the tests' server) is never sent through a proxy.
-            .try_proxy_from_env(!is_loopback(&settings.endpoint))
-            .user_agent(&format!("trainer/{}", env!("CARGO_PKG_VERSION")))
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            .max_redirects(8)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            // A stalled transfer counts as a dropped one and is resumed (per read: a shard may take an hour).
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            // A local endpoint (a mirror, the tests' server) is never sent through a proxy, whatever NO_PROXY says.
+            .proxy(if is_loopback(&settings.endpoint) { None } else { ureq::Proxy::try_from_env() })
+            .user_agent(format!("trainer/{}", env!("CARGO_PKG_VERSION")))
+            // Refusals are answers to classify (401/403/404 with their hint), not transport errors.
+            .http_status_as_error(false)
             .build();
-        Self { agent, settings }
+        Self { agent: agent.into(), settings }
     }
 
-    fn get(&self, url: &str) -> ureq2::Request {
+    fn get(&self, url: &str) -> Request {
         let request = self.agent.get(url);
         match &self.settings.token {
-            Some(t) => request.set("Authorization", &format!("Bearer {t}")),
+            Some(t) => request.header("Authorization", &format!("Bearer {t}")),
             None => request,
         }
     }
 
     /// Sends a request, classifying failures; `what` names the repo or file for the errors a user acts on.
-    fn call(&self, request: ureq2::Request, what: &str) -> std::result::Result<ureq2::Response, Failure> {
+    fn call(&self, request: Request, what: &str) -> std::result::Result<Response, Failure> {
         match request.call() {
-            Ok(r) => Ok(r),
-            Err(ureq2::Error::Status(code, r)) => Err(classify(code, r.status_text(), what, self.settings)),
-            Err(ureq2::Error::Transport(t)) => Err(Failure::Retry(t.to_string())),
+            Ok(r) if r.status().is_success() => Ok(r),
+            Ok(r) => Err(classify(r.status().as_u16(), r.status().canonical_reason().unwrap_or(""), what, self.settings)),
+            Err(e) => Err(Failure::Retry(e.to_string())),
         }
     }
 
@@ -208,8 +213,9 @@ pub fn download(settings: &HubSettings, repo_id: &str, revision: &str, need: Nee
     let what = format!("model `{repo_id}` (revision {revision})");
     let url = format!("{}/api/models/{}/revision/{}?blobs=true", settings.endpoint, encode(repo_id, true), encode(revision, false));
     let listing: Listing = client.with_retries(&what, |_| {
-        let response = client.call(client.get(&url), &what)?;
-        let text = response.into_string().map_err(|e| Failure::Retry(format!("reading the file list: {e}")))?;
+        let mut response = client.call(client.get(&url), &what)?;
+        // A repo of many files lists them all: more than the client's default 10 MB cap on a body read whole.
+        let text = response.body_mut().with_config().limit(256 << 20).read_to_string().map_err(|e| Failure::Retry(format!("reading the file list: {e}")))?;
         serde_json::from_str(&text).map_err(|e| Failure::Fatal(anyhow::anyhow!("{what}: the file list from {url} is not what the Hub API returns: {e}")))
     })?;
     let commit = listing.sha.to_ascii_lowercase();
@@ -308,17 +314,17 @@ fn fetch_blob(client: &Client, repo: &RepoCache, repo_id: &str, commit: &str, re
         bar.set_position(have);
         let mut request = client.get(&url);
         if have > 0 {
-            request = request.set("Range", &format!("bytes={have}-"));
+            request = request.header("Range", &format!("bytes={have}-"));
         }
         let response = match request.call() {
+            Ok(r) if r.status().as_u16() == 416 => return Err(restart(&file, &mut hasher, "the server refused the range".into())),
+            Ok(r) if !r.status().is_success() => return Err(classify(r.status().as_u16(), r.status().canonical_reason().unwrap_or(""), &what, client.settings)),
             Ok(r) => r,
-            Err(ureq2::Error::Status(416, _)) => return Err(restart(&file, &mut hasher, "the server refused the range".into())),
-            Err(ureq2::Error::Status(code, r)) => return Err(classify(code, r.status_text(), &what, client.settings)),
-            Err(ureq2::Error::Transport(t)) => return Err(Failure::Retry(t.to_string())),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
         };
-        match response.status() {
+        match response.status().as_u16() {
             206 => {
-                let start = response.header("Content-Range").and_then(|v| v.strip_prefix("bytes ")).and_then(|v| v.split('-').next()).and_then(|s| s.trim().parse::<u64>().ok());
+                let start = response.headers().get("Content-Range").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("bytes ")).and_then(|v| v.split('-').next()).and_then(|s| s.trim().parse::<u64>().ok());
                 if start != Some(have) {
                     return Err(restart(&file, &mut hasher, format!("the server resumed at {start:?}, not at byte {have}")));
                 }
@@ -331,7 +337,7 @@ fn fetch_blob(client: &Client, repo: &RepoCache, repo_id: &str, commit: &str, re
             }
             _ => {}
         }
-        let mut reader = response.into_reader();
+        let mut reader = response.into_body().into_reader();
         let mut buf = vec![0u8; 1 << 18];
         loop {
             // Ctrl-C in a sweep (its handler only sets this flag): stop here, keeping the partial file to resume.
