@@ -122,10 +122,26 @@ pub fn generate(model: &Model, adapter: Option<&Adapter>, tokenizer: &TextTokeni
     Ok(out)
 }
 
+/// What ends an answer given through a chat template besides the model's end-of-sequence ids: the template's
+/// end-of-turn marker ([`ChatTemplate::end_of_turn`]) as a token id when the tokenizer has it as one token (decoding
+/// skips special tokens, so only its id can be seen), else as a stop string.
+pub fn turn_end(template: &crate::data::chat::ChatTemplate, tokenizer: &TextTokenizer) -> (Vec<u32>, Vec<String>) {
+    match template.end_of_turn() {
+        Some(marker) => match tokenizer.token_to_id(&marker) {
+            Some(id) => (vec![id], Vec::new()),
+            None => (Vec::new(), vec![marker]),
+        },
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
 /// Answers to many prompts, in their order: batches of similar prompt length (less padding), each batch drawing
-/// from its own seeded stream so that results do not depend on what ran before. `done(n)` after each batch.
-pub fn generate_batched(session: &crate::session::Session, adapter: Option<&Adapter>, prompts: &[Vec<u32>], batch_size: usize, opts: &GenOptions, mut done: impl FnMut(usize)) -> Result<Vec<Generated>> {
-    let eos = [session.text.eos_id];
+/// from its own seeded stream so that results do not depend on what ran before. An answer ends at any of the
+/// model's end-of-sequence ids or `end_ids` (a chat template's end of turn, [`turn_end`]). `done(n)` after each
+/// batch.
+pub fn generate_batched(session: &crate::session::Session, adapter: Option<&Adapter>, prompts: &[Vec<u32>], batch_size: usize, opts: &GenOptions, end_ids: &[u32], mut done: impl FnMut(usize)) -> Result<Vec<Generated>> {
+    let mut eos = session.text.eos_ids.clone();
+    eos.extend(end_ids.iter().filter(|id| !session.text.eos_ids.contains(id)));
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut answers: Vec<Option<Generated>> = vec![None; prompts.len()];
@@ -165,7 +181,12 @@ pub fn generate_file(session: &crate::session::Session, adapter: Option<&Adapter
     bar.set_style(indicatif::ProgressStyle::with_template("generate [{bar:30}] {pos}/{len} {elapsed} eta {eta}").expect("valid template"));
     let tmp = crate::fsutil::temp_path(out)?;
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
-    let answers = generate_batched(session, adapter, &prompts, batch_size, opts, |n| bar.inc(n as u64))?;
+    let (end_ids, end_text) = match &encoder.template {
+        crate::data::pipeline::PromptTemplate::Chat(t) => turn_end(t, &session.text.tokenizer),
+        crate::data::pipeline::PromptTemplate::Alpaca => (Vec::new(), Vec::new()),
+    };
+    let opts = GenOptions { stop: opts.stop.iter().cloned().chain(end_text).collect(), ..opts.clone() };
+    let answers = generate_batched(session, adapter, &prompts, batch_size, &opts, &end_ids, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     for ((r, p), g) in records.iter().zip(&prompts).zip(&answers) {
         let reference = r.conversation.turns.last().filter(|t| t.role == Role::Assistant).map(|t| t.content.as_str());

@@ -187,3 +187,50 @@ fn generate_renders_conversations_with_a_chat_template_up_to_the_answer() {
         assert!(l["new_tokens"].as_u64().unwrap() <= 4);
     }
 }
+
+/// A chat model's answer ends at its template's end-of-turn token and at every id its generation_config lists as
+/// `eos_token_id`, not only at the first EOS. The fixture model has no chat template, so a copy gets one whose
+/// assistant turns end with a marker; the marker is the vocabulary string of a token the model is known to
+/// generate (found by decoding the same prompt without it), so the answer must stop right before that token.
+#[test]
+fn answers_stop_at_the_templates_end_of_turn_and_at_every_listed_eos() {
+    use trainer::eval::multiturn::{answer_questions, Question};
+    let src = trainer::testing::fixtures_dir().join("models/llama-gqa");
+    let vocab: serde_json::Map<String, Value> = serde_json::from_str::<Value>(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap()["model"]["vocab"].as_object().unwrap().clone();
+    let string_of = |id: u32| vocab.iter().find(|(_, v)| v.as_u64() == Some(id as u64)).map(|(k, _)| k.clone()).unwrap();
+    // User turns never carry the marker: turn 1's prompt is the same whatever the marker is.
+    let template = |marker: &str| format!("{{% for m in messages %}}{{% if m['role'] == 'user' %}}{{{{ 'U: ' + m['content'] + '\\n' }}}}{{% else %}}{{{{ 'A: ' + m['content'] + '{marker}' + '\\n' }}}}{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}{{{{ 'A:' }}}}{{% endif %}}");
+    let copy = |marker: &str, generation_eos: Value| {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut tc: Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap()).unwrap();
+        tc["chat_template"] = Value::String(template(marker));
+        std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+        std::fs::write(dir.path().join("generation_config.json"), serde_json::json!({"eos_token_id": generation_eos}).to_string()).unwrap();
+        let s = Session::open(dir.path().to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+        (dir, s)
+    };
+    let questions = [Question { question_id: 1.into(), category: "writing".into(), turns: vec!["Tell me about the sea".into()], reference: None, language: None }];
+    let (_d, plain) = copy("</s>", serde_json::json!(2));
+    let answered = answer_questions(&plain, None, &questions, "model", 1, &greedy(8)).unwrap();
+    assert_eq!((answered[0].finish[0].as_str(), answered[0].new_tokens[0]), ("length", 8), "the model runs on without a marker");
+    let prompt = plain.text.tokenizer.encode(&answered[0].prompts[0], false).unwrap();
+    let tokens = generate(&plain.model, None, &plain.text.tokenizer, &[prompt], &[plain.text.eos_id], plain.text.pad_id, &greedy(8)).unwrap()[0].tokens.clone();
+    // The first later token that did not occur before it and whose vocabulary string can be a marker.
+    let k = (1..tokens.len()).find(|&k| !tokens[..k].contains(&tokens[k]) && string_of(tokens[k]).chars().all(char::is_alphanumeric)).expect("a usable token among the first 8");
+    let before = plain.text.tokenizer.decode(&tokens[..k]).unwrap();
+
+    // The template's end of turn, a token of the vocabulary: the answer ends before it, finished as eos.
+    let (_d, marked) = copy(&string_of(tokens[k]), serde_json::json!(2));
+    let a = &answer_questions(&marked, None, &questions, "model", 1, &greedy(8)).unwrap()[0];
+    assert_eq!((a.finish[0].as_str(), a.new_tokens[0], a.answers[0].as_str()), ("eos", k, before.as_str()), "stops at the end-of-turn token {}", tokens[k]);
+
+    // generation_config's eos list: any of its ids ends the answer.
+    let (_d, listed) = copy("</s>", serde_json::json!([2, tokens[k]]));
+    assert_eq!(listed.text.eos_id, 2, "training keeps the first EOS");
+    assert!(listed.text.eos_ids.contains(&tokens[k]));
+    let a = &answer_questions(&listed, None, &questions, "model", 1, &greedy(8)).unwrap()[0];
+    assert_eq!((a.finish[0].as_str(), a.new_tokens[0], a.answers[0].as_str()), ("eos", k, before.as_str()), "stops at generation_config's second eos_token_id");
+}

@@ -7,7 +7,7 @@
 //! once (the template writes BOS itself, as transformers' `apply_chat_template` does) and a token is a target
 //! when it starts inside an answer span.
 
-use super::record::{Conversation, Role};
+use super::record::{Conversation, Role, Turn};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{context, Environment, Error, ErrorKind};
@@ -63,6 +63,19 @@ impl ChatTemplate {
         let tmpl = self.env.get_template("chat").expect("added in from_source");
         tmpl.render(context! { messages, bos_token => self.bos.clone(), eos_token => self.eos.clone(), add_generation_prompt })
             .map_err(|e| anyhow!("chat template: {}", e.detail().map(str::to_string).unwrap_or_else(|| e.to_string())))
+    }
+
+    /// The marker the template writes after an assistant turn's content (`<|im_end|>` for ChatML, `<end_of_turn>`
+    /// for Gemma, `</s>` for Llama-2-chat, `<|eot_id|>` for Llama-3): the text after a rendered answer up to the
+    /// first whitespace after it. None when the template writes nothing there, or cannot render a one-turn
+    /// exchange (then only the model's end-of-sequence ids end an answer).
+    pub fn end_of_turn(&self) -> Option<String> {
+        const ANSWER: &str = "PONG-7f3a";
+        let conv = Conversation { turns: vec![Turn { role: Role::User, content: "PING".into() }, Turn { role: Role::Assistant, content: ANSWER.into() }] };
+        let text = self.render(&conv, 2, false).ok()?;
+        let after = text[text.rfind(ANSWER)? + ANSWER.len()..].trim_start();
+        let marker: String = after.chars().take_while(|c| !c.is_whitespace()).collect();
+        (!marker.is_empty()).then_some(marker)
     }
 
     /// The rendered conversation and the byte spans of its answers.
@@ -168,6 +181,23 @@ mod tests {
         assert_eq!(answers.split_whitespace().collect::<Vec<_>>(), ["Hello.", "</s>", "Bye.", "</s>"]);
         let e = ChatTemplate::from_name("model", &tok).err().unwrap().to_string();
         assert!(e.contains("has no chat_template"), "{e}");
+    }
+
+    /// Each family's end of turn, and its id in the real tokenizer (tokenizer.json's added tokens / vocab): Qwen's
+    /// own template ends a turn with <|im_end|> (151645), Gemma's with <end_of_turn> (107), Llama-2-chat's with
+    /// the EOS </s> (2).
+    #[test]
+    fn end_of_turn_markers_are_the_families_tokens() {
+        for (family, template, marker, id) in [("qwen1.5", "model", "<|im_end|>", 151645), ("gemma", "gemma", "<end_of_turn>", 107), ("llama2", "llama2-chat", "</s>", 2)] {
+            let Some(tok) = shared(family) else { return };
+            let t = ChatTemplate::from_name(template, &tok).unwrap();
+            assert_eq!(t.end_of_turn().as_deref(), Some(marker), "{family} {template}");
+            assert_eq!(tok.token_to_id(marker), Some(id), "{family}");
+        }
+        let Some(tok) = shared("qwen1.5") else { return };
+        assert_eq!(ChatTemplate::from_name("chatml", &tok).unwrap().end_of_turn().as_deref(), Some("<|im_end|>"));
+        // A template that writes nothing after an answer has no marker.
+        assert_eq!(ChatTemplate::from_source("{% for m in messages %}{{ m['content'] }}{% endfor %}".into(), &tok).unwrap().end_of_turn(), None);
     }
 
     /// Rendered text and ids against transformers' `apply_chat_template` (tests/fixtures/chat/expected.json, made

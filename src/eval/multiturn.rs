@@ -5,7 +5,7 @@
 use crate::data::pipeline::PromptTemplate;
 use crate::data::record::{AlpacaFields, Conversation, Role, Turn};
 use crate::data::template::Template;
-use crate::generate::{generate_batched, GenOptions};
+use crate::generate::{generate_batched, turn_end, GenOptions};
 use crate::lora::Adapter;
 use crate::session::Session;
 use anyhow::{bail, Context, Result};
@@ -151,6 +151,13 @@ pub fn answer_questions(session: &Session, adapter: Option<&Adapter>, questions:
         .iter()
         .map(|q| Answered { question_id: q.question_id.clone(), category: q.category.clone(), turns: q.turns.clone(), prompts: Vec::new(), answers: Vec::new(), finish: Vec::new(), new_tokens: Vec::new() })
         .collect();
+    // A chat model ends its turn with the template's marker (<|im_end|>, <end_of_turn>, …), which need not be its
+    // end-of-sequence token: without it the answer would run on into an invented next turn.
+    let (end_ids, end_text) = match &template {
+        PromptTemplate::Chat(t) => turn_end(t, &session.text.tokenizer),
+        PromptTemplate::Alpaca => (Vec::new(), Vec::new()),
+    };
+    let opts = &GenOptions { stop: opts.stop.iter().cloned().chain(end_text).collect(), ..opts.clone() };
     let most = questions.iter().map(|q| q.turns.len()).max().unwrap_or(0);
     let bar = indicatif::ProgressBar::new(questions.iter().map(|q| q.turns.len() as u64).sum());
     bar.set_style(indicatif::ProgressStyle::with_template("answer [{bar:30}] {pos}/{len} {elapsed} eta {eta}").expect("valid template"));
@@ -164,7 +171,7 @@ pub fn answer_questions(session: &Session, adapter: Option<&Adapter>, questions:
         }
         // Each turn samples from its own stream, so turn 2 does not depend on how many tokens turn 1 drew.
         let o = GenOptions { seed: opts.seed.wrapping_add(turn as u64), ..opts.clone() };
-        let generated = generate_batched(session, adapter, &ids, batch_size, &o, |n| bar.inc(n as u64))?;
+        let generated = generate_batched(session, adapter, &ids, batch_size, &o, &end_ids, |n| bar.inc(n as u64))?;
         for (&i, g) in open.iter().zip(generated) {
             out[i].answers.push(g.text);
             out[i].finish.push(g.finish);
