@@ -330,6 +330,26 @@ fn single_grading_with_references_unparsed_answers_and_the_cache() {
     assert_eq!((r2["score"].clone(), r2["unparsed"].clone(), r2["requests"].clone()), (r["score"].clone(), json!(1), json!(0)));
 }
 
+/// Two endpoints that serve different models under one name (`judge-9000` here) never share cached judgments:
+/// the cache key holds the endpoint's URL, so the second server is asked every question the first one answered.
+#[test]
+fn endpoints_sharing_a_model_name_do_not_share_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_questions(dir.path(), &[json!({"question_id": 1, "category": "writing", "turns": ["Q-ONE", "Q-TWO"]}), json!({"question_id": 2, "category": "stem", "turns": ["Q-THREE"]})]);
+    let strict = Server::start(|_, _| Reply::Say("Rating: [[2]]".into()));
+    let lenient = Server::start(|_, _| Reply::Say("Rating: [[9]]".into()));
+    let cache = dir.path().join("cache");
+    let first = stdout_json(&judge(&strict.url, &questions, &dir.path().join("a"), &cache, &[]));
+    assert_eq!((first["score"].as_f64(), first["requests"].clone()), (Some(2.0), json!(3)));
+    let second = stdout_json(&judge(&lenient.url, &questions, &dir.path().join("b"), &cache, &[]));
+    assert_eq!((second["score"].as_f64(), second["requests"].clone()), (Some(9.0), json!(3)), "the other endpoint's judgments were taken from the cache");
+    assert_eq!(lenient.requests().len(), 3);
+    // Each endpoint still finds its own judgments.
+    let again = stdout_json(&judge(&strict.url, &questions, &dir.path().join("c"), &cache, &[]));
+    assert_eq!((again["score"].as_f64(), again["requests"].clone()), (Some(2.0), json!(0)));
+    assert_eq!(strict.requests().len(), 3);
+}
+
 #[test]
 fn transient_failures_are_retried_with_backoff() {
     let dir = tempfile::tempdir().unwrap();

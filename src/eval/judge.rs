@@ -10,8 +10,9 @@
 //!
 //! A judgment whose rating or verdict cannot be read is asked again (`parse_retries` times), then counted as
 //! unparsed: it is left out of the score and reported, never scored 0. Judgments are cached on disk under a sha256
-//! of (judge model, prompt name, system message, user message) — the user message holds the question, the answer
-//! and any reference — so a re-run asks nothing it asked before.
+//! of (judge, prompt name, system message, user message) — the user message holds the question, the answer and any
+//! reference — so a re-run asks nothing it asked before. The judge is identified by what answers, not by its name
+//! alone ([`Backend::identity`]): two endpoints serving different models under one name never share judgments.
 
 pub mod client;
 pub mod local;
@@ -62,6 +63,16 @@ impl Backend {
         }
     }
 
+    /// Who answers, as the cache key sees it: an endpoint's URL, model name and answer limit (two servers may call
+    /// different models by one name); a local checkpoint's folder, weights, template and limit
+    /// ([`local::LocalJudge::identity`]).
+    fn identity(&self) -> String {
+        match self {
+            Backend::Http(e) => format!("endpoint {}\nmodel {}\nmax_tokens {}", e.url, e.model, e.max_tokens),
+            Backend::Local(l) => l.identity.clone(),
+        }
+    }
+
     fn url(&self) -> &str {
         match self {
             Backend::Http(e) => &e.url,
@@ -107,10 +118,10 @@ struct Cache {
 }
 
 impl Cache {
-    fn key(model: &str, prompt: &str, system: &str, user: &str) -> String {
+    fn key(judge: &str, prompt: &str, system: &str, user: &str) -> String {
         let mut h = Sha256::new();
         // Lengths first, so that no two different tuples hash the same bytes.
-        for part in [model, prompt, system, user] {
+        for part in [judge, prompt, system, user] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -160,7 +171,7 @@ impl Judge<'_> {
     /// never pays for it twice.
     fn ask<T>(&self, ask: &Ask, parse: impl Fn(&str) -> Option<T>) -> Result<(Reply, Option<T>)> {
         let model = self.cfg.backend.model();
-        let key = Cache::key(model, &ask.prompt.name, &ask.prompt.system_prompt, &ask.user);
+        let key = Cache::key(&self.cfg.backend.identity(), &ask.prompt.name, &ask.prompt.system_prompt, &ask.user);
         if let Some(judgment) = self.cache.get(&key) {
             let parsed = parse(&judgment);
             return Ok((Reply { judgment, cached: true }, parsed));
