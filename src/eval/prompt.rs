@@ -117,4 +117,18 @@ mod tests {
         let alpaca = render(&[Message::user("Q3\nA:", "")], &PromptTemplate::Alpaca).unwrap();
         assert!(alpaca.ends_with("### Instruction:\nQ3\nA:\n\n### Response:\n"), "{alpaca}");
     }
+
+    #[test]
+    fn a_template_that_refuses_the_system_role_renders_without_it() {
+        let dir = crate::testing::fixtures_dir().join("models/llama-gqa");
+        let tok = TextTokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json"))).unwrap();
+        let system = Message { role: Role::System, content: "About x.\n\n".into(), delimiter: String::new() };
+        let item = Message::user("Q\nAnswer:", "");
+        // Gemma's template raises on a system message; lm-eval's HF model then renders the turns without it.
+        let gemma = PromptTemplate::parse("gemma", &tok).unwrap();
+        assert_eq!(render(&[system.clone(), item.clone()], &gemma).unwrap(), render(std::slice::from_ref(&item), &gemma).unwrap());
+        // ChatML takes it as a turn of its own.
+        let chatml = PromptTemplate::parse("chatml", &tok).unwrap();
+        assert_eq!(render(&[system, item], &chatml).unwrap(), "<|im_start|>system\nAbout x.\n\n<|im_end|>\n<|im_start|>user\nQ\nAnswer:<|im_end|>\n<|im_start|>assistant\n");
+    }
 }
