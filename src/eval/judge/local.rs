@@ -13,21 +13,23 @@ pub struct LocalJudge {
     template: ChatTemplate,
     /// The checkpoint as named on the command line or in the recipe (the summary's judge model).
     pub name: String,
-    /// The cache key's judge: see [`weights_identity`].
+    /// The cache key's judge: see [`checkpoint_identity`].
     pub identity: String,
     max_new_tokens: usize,
     /// One judgment at a time: the model already uses every core for one.
     busy: Mutex<()>,
 }
 
-/// A checkpoint's identity for the judge cache: its folder (resolved) and, per weight file, the file it resolves to
-/// (in the Hugging Face cache a blob named by its content hash), its size and modification time. Another checkpoint
-/// in the same folder, a merge written over it or a copy elsewhere is another judge; hashing every byte of a 7B
+/// A checkpoint's identity for the judge cache: its folder (resolved) and, per file the judge reads (weights,
+/// config, tokenizer and its chat template, generation defaults), the file it resolves to (in the Hugging Face cache
+/// a blob named by its content hash), its size and modification time. Another checkpoint in the same folder, a
+/// merge written over it, a new chat template or a copy elsewhere is another judge; hashing every byte of a 7B
 /// model would cost more than a judgment. A change that keeps size and time to the nanosecond goes unseen.
-pub fn weights_identity(files: &crate::checkpoint::ModelFiles) -> Result<String> {
+pub fn checkpoint_identity(files: &crate::checkpoint::ModelFiles) -> Result<String> {
     let dir = files.dir.canonicalize().with_context(|| format!("cannot resolve {}", files.dir.display()))?;
     let mut out = dir.display().to_string();
-    for w in &files.weights {
+    let read = [Some(&files.config), Some(&files.tokenizer), files.tokenizer_config.as_ref(), files.generation_config.as_ref()];
+    for w in files.weights.iter().chain(read.into_iter().flatten()) {
         let real = w.canonicalize().with_context(|| format!("cannot resolve {}", w.display()))?;
         let meta = real.metadata().with_context(|| format!("cannot read {}", real.display()))?;
         let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
@@ -41,7 +43,7 @@ impl LocalJudge {
     pub fn open(model: &str, template: &str, max_new_tokens: usize, dtype: candle_core::DType, device: &candle_core::Device) -> Result<Self> {
         let session = Session::open(model, None, dtype, device).with_context(|| format!("judge model {model}"))?;
         let chat = ChatTemplate::from_name(template, &session.text.tokenizer).with_context(|| format!("judge model {model}: template"))?;
-        let identity = format!("local {}\ntemplate {template}\nmax_tokens {max_new_tokens}", weights_identity(&session.text.files).with_context(|| format!("judge model {model}"))?);
+        let identity = format!("local {}\ntemplate {template}\nmax_tokens {max_new_tokens}", checkpoint_identity(&session.text.files).with_context(|| format!("judge model {model}"))?);
         Ok(Self { session, template: chat, name: model.to_string(), identity, max_new_tokens, busy: Mutex::new(()) })
     }
 
@@ -68,6 +70,9 @@ mod tests {
     use std::path::Path;
 
     fn files(dir: &Path) -> ModelFiles {
+        for f in ["config.json", "tokenizer.json"].map(|f| dir.join(f)).iter().filter(|p| !p.exists()) {
+            std::fs::write(f, "{}").unwrap();
+        }
         ModelFiles {
             name: "judge".into(),
             hub_id: None,
@@ -86,18 +91,24 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::write(a.path().join("model.safetensors"), b"weights one").unwrap();
         std::fs::write(b.path().join("model.safetensors"), b"weights one").unwrap();
-        let first = weights_identity(&files(a.path())).unwrap();
-        assert_eq!(first, weights_identity(&files(a.path())).unwrap(), "the same checkpoint is the same judge");
-        assert_ne!(first, weights_identity(&files(b.path())).unwrap(), "a copy elsewhere is another judge");
+        let first = checkpoint_identity(&files(a.path())).unwrap();
+        assert_eq!(first, checkpoint_identity(&files(a.path())).unwrap(), "the same checkpoint is the same judge");
+        assert_ne!(first, checkpoint_identity(&files(b.path())).unwrap(), "a copy elsewhere is another judge");
         // New weights written in place (a merge over the old folder): another judge.
         std::fs::write(a.path().join("model.safetensors"), b"weights number two").unwrap();
-        assert_ne!(first, weights_identity(&files(a.path())).unwrap());
+        let second = checkpoint_identity(&files(a.path())).unwrap();
+        assert_ne!(first, second);
+        // So is another tokenizer (its chat template renders the judge's prompt).
+        let mut with_template = files(a.path());
+        std::fs::write(a.path().join("tokenizer_config.json"), "{\"chat_template\": \"x\"}").unwrap();
+        with_template.tokenizer_config = Some(a.path().join("tokenizer_config.json"));
+        assert_ne!(second, checkpoint_identity(&with_template).unwrap());
         // A symlink (the Hugging Face cache's snapshots) is identified by the blob it points to.
         #[cfg(unix)]
         {
             let c = tempfile::tempdir().unwrap();
             std::os::unix::fs::symlink(a.path().join("model.safetensors"), c.path().join("model.safetensors")).unwrap();
-            assert!(weights_identity(&files(c.path())).unwrap().contains(&a.path().canonicalize().unwrap().join("model.safetensors").display().to_string()));
+            assert!(checkpoint_identity(&files(c.path())).unwrap().contains(&a.path().canonicalize().unwrap().join("model.safetensors").display().to_string()));
         }
     }
 }
