@@ -64,7 +64,7 @@ impl Backend {
     }
 
     /// Who answers, as the cache key sees it: an endpoint's URL, model name and answer limit (two servers may call
-    /// different models by one name); a local checkpoint's folder, weights, template and limit
+    /// different models by one name); a local checkpoint's folder, files, template and limit
     /// ([`local::LocalJudge::identity`]).
     fn identity(&self) -> String {
         match self {
