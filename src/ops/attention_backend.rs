@@ -48,7 +48,8 @@ pub enum Request {
     Auto,
     /// Our kernels always (the escape hatch, and the comparison in benchmarks).
     Kernels,
-    /// cuDNN or an error: a benchmark or test of the cuDNN path must not measure the fallback unnoticed.
+    /// cuDNN, or an error where it does not load or refuses a case it is given (a benchmark or test of the cuDNN
+    /// path must not measure our kernels unnoticed); cases it is never given (f32, packed rows) still fall back.
     Cudnn,
 }
 
@@ -237,5 +238,39 @@ mod tests {
         let left_padded = vec![false, true, true];
         assert!(key_lengths(&[row(3, 3), left_padded], false).unwrap_err().contains("row 1's padding"));
         assert!(key_lengths(&[row(0, 3)], false).unwrap_err().contains("row 0 has no valid token"));
+    }
+
+    #[test]
+    fn the_mask_hands_cudnn_its_lengths() {
+        use crate::ops::attention::AttnMask;
+        let dev = candle_core::Device::Cpu;
+        let padded = AttnMask::new(&[row(4, 4), row(2, 4)], None, &dev);
+        assert_eq!(padded.key_lengths(), Ok(Some(&[4u32, 2][..])));
+        let (q, kv) = padded.length_tensors().unwrap();
+        assert_eq!((q.to_vec1::<u32>().unwrap(), kv.to_vec1::<u32>().unwrap()), (vec![4, 4], vec![4, 2]));
+        let full = AttnMask::new(&[row(4, 4)], None, &dev);
+        assert_eq!(full.key_lengths(), Ok(None));
+        assert!(full.length_tensors().is_err());
+        let packed = AttnMask::new(&[row(4, 4)], Some(&[vec![0, 0, 1, 1]]), &dev);
+        assert!(packed.key_lengths().unwrap_err().contains("packed"));
+    }
+
+    /// What cuDNN is asked to compute — top-left causal, every query (seq_len_q = T), keys below the row's
+    /// length (seq_len_kv) — is the reference's dense mask entry for entry, padding query rows included.
+    #[test]
+    fn cudnn_padding_semantics_equal_the_dense_mask() {
+        let t = 7;
+        let rows = vec![row(7, t), row(3, t), row(1, t)];
+        let lens = key_lengths(&rows, false).unwrap().unwrap();
+        let dense = crate::ops::attention::mask(&rows, None, None, &candle_core::Device::Cpu).unwrap();
+        let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (b, &len) in lens.iter().enumerate() {
+            for i in 0..t {
+                for j in 0..t {
+                    let cudnn_visible = j <= i && j < len as usize;
+                    assert_eq!(dense[(b * t + i) * t + j] == 0.0, cudnn_visible, "row {b} query {i} key {j}");
+                }
+            }
+        }
     }
 }
