@@ -2,6 +2,7 @@
 //! the comparison whose torch side is benches/cuda_kernels_torch.py (same shapes, same session).
 //!
 //!     cargo bench --features cuda --bench cuda_kernels        (on a machine with a GPU)
+//!     bench_kernels --attention-only                           (the attention shapes only)
 //!
 //! Prints one JSON object per line: op, shape, median milliseconds over 20 timed runs after 3 warm-ups, and the
 //! achieved TFLOP/s (attention) or GB/s (memory-bound ops: each input read once, each output written once).
@@ -34,26 +35,38 @@ fn main() -> anyhow::Result<()> {
         Ok(ms[ms.len() / 2])
     };
     let rnd = |shape: &[usize], std: f64| -> anyhow::Result<Tensor> { Ok((Tensor::randn(0f32, 1.0, shape, &dev)? * std)?.to_dtype(DType::BF16)?) };
+    // Which attention ran (TRAINER_ATTENTION=kernels|cudnn picks; auto takes cuDNN where it loads).
+    let backend = trainer::cuda::cudnn_sdpa::describe(&dev)?;
     let report = |op: &str, shape: String, ms: f64, metric: (&str, f64)| {
-        println!("{}", serde_json::json!({"impl": "trainer", "op": op, "shape": shape, "ms": ms, metric.0: metric.1}));
+        let mut r = serde_json::json!({"impl": "trainer", "op": op, "shape": shape, "ms": ms, metric.0: metric.1});
+        if op.starts_with("attention") {
+            r["attention"] = backend.clone().into();
+        }
+        println!("{r}");
     };
 
-    // Attention: B=4, H=32, T=2048, D=128, causal. FLOPs counted for the visible (causal) half.
-    let (b, h, t, d) = (4, 32, 2048, 128);
-    let q = rnd(&[b, h, t, d], 1.0)?;
-    let k = rnd(&[b, h, t, d], 1.0)?;
-    let v = rnd(&[b, h, t, d], 1.0)?;
-    let dout = rnd(&[b, h, t, d], 1.0)?;
-    let mask = AttnMask::new(&vec![vec![true; t]; b], None, &dev);
-    let scale = AttnOpts::scaled(1.0 / (d as f64).sqrt());
-    let fwd_flops = 4.0 * (b * h * d) as f64 * (t * t) as f64 / 2.0;
-    let shape = format!("B{b} H{h} T{t} D{d}");
-    let ms = time(&mut || Ok(drop(attention::forward(&q, &k, &v, &mask, &scale)?)))?;
-    report("attention fwd", shape.clone(), ms, ("tflops", fwd_flops / ms / 1e9));
-    let (o, lse) = attention::forward(&q, &k, &v, &mask, &scale)?;
-    let ms_b = time(&mut || Ok(drop(attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, &scale)?)))?;
-    report("attention bwd", shape.clone(), ms_b, ("tflops", 2.5 * fwd_flops / ms_b / 1e9));
-    report("attention fwd+bwd", shape, ms + ms_b, ("tflops", 3.5 * fwd_flops / (ms + ms_b) / 1e9));
+    // Attention, causal, all keys valid: the Llama-2-7B shapes at seq 2048 and 512 and Gemma-2B's MQA with
+    // head_dim 256. FLOPs counted for the visible (causal) half.
+    for (b, h, hkv, t, d) in [(4, 32, 32, 2048, 128), (16, 32, 32, 512, 128), (4, 8, 1, 2048, 256)] {
+        let q = rnd(&[b, h, t, d], 1.0)?;
+        let k = rnd(&[b, hkv, t, d], 1.0)?;
+        let v = rnd(&[b, hkv, t, d], 1.0)?;
+        let dout = rnd(&[b, h, t, d], 1.0)?;
+        let mask = AttnMask::new(&vec![vec![true; t]; b], None, &dev);
+        let scale = AttnOpts::scaled(1.0 / (d as f64).sqrt());
+        let fwd_flops = 4.0 * (b * h * d) as f64 * (t * t) as f64 / 2.0;
+        let shape = format!("B{b} H{h} Hkv{hkv} T{t} D{d}");
+        let ms = time(&mut || Ok(drop(attention::forward(&q, &k, &v, &mask, &scale)?)))?;
+        report("attention fwd", shape.clone(), ms, ("tflops", fwd_flops / ms / 1e9));
+        let (o, lse) = attention::forward(&q, &k, &v, &mask, &scale)?;
+        let ms_b = time(&mut || Ok(drop(attention::backward(&dout, &q, &k, &v, &o, &lse, &mask, &scale)?)))?;
+        report("attention bwd", shape.clone(), ms_b, ("tflops", 2.5 * fwd_flops / ms_b / 1e9));
+        report("attention fwd+bwd", shape, ms + ms_b, ("tflops", 3.5 * fwd_flops / (ms + ms_b) / 1e9));
+    }
+    if std::env::args().any(|a| a == "--attention-only") {
+        return Ok(());
+    }
+    let (h, d) = (32, 128);
 
     // RMSNorm on 8192 tokens × 4096.
     let (n, hid) = (8192, 4096);

@@ -311,6 +311,57 @@ fn attention_kernels_on_a_single_token() {
     }
 }
 
+/// cuDNN's fused attention (when this machine's cuDNN loads; the run says which) against the Candle reference,
+/// bf16 only: right-padded and full batches, MHA/GQA/MQA, head dims 64 to 256, lengths that are not multiples
+/// of 128 (what cuDNN 9.15.1 fixed). Every row is compared, padding rows included (cuDNN computes all queries,
+/// so their meaning is the reference's). Packed batches are not given to cuDNN (asserted). Run it with
+/// TRAINER_ATTENTION=cudnn on a GPU machine so that a cuDNN that does not load is a failure, not a skip.
+#[test]
+fn cudnn_attention_matches_reference() {
+    let Some(dev) = gpu() else { return };
+    let dt = DType::BF16;
+    let cases = [
+        // (b, hq, hkv, t, d, padded)
+        (2, 4, 4, 37, 64, true),
+        (2, 4, 2, 130, 128, true),
+        (2, 4, 2, 128, 128, false),
+        (1, 8, 1, 67, 256, true),
+        (2, 2, 1, 300, 128, true),
+    ];
+    for (b, hq, hkv, t, d, padded) in cases {
+        let valid = if padded { masks(b, t, false).0 } else { vec![vec![true; t]; b] };
+        let opts = AttnOpts::scaled(1.0 / (d as f64).sqrt());
+        let cpu_mask = AttnMask::new(&valid, None, &Device::Cpu);
+        let gpu_mask = AttnMask::new(&valid, None, &dev);
+        let q = rounded(&randn(80, &[b, hq, t, d], 1.0), dt);
+        let k = rounded(&randn(81, &[b, hkv, t, d], 1.0), dt);
+        let v = rounded(&randn(82, &[b, hkv, t, d], 1.0), dt);
+        let dout = rounded(&randn(83, &[b, hq, t, d], 1.0), dt);
+        let (o0, lse0) = attention::forward_reference(&q, &k, &v, &cpu_mask, &opts).unwrap();
+        let (dq0, dk0, dv0) = attention::backward_reference(&dout, &q, &k, &v, &o0, &lse0, &cpu_mask, &opts).unwrap();
+        let (gq, gk, gv, gdo) = (on(&q, &dev, dt), on(&k, &dev, dt), on(&v, &dev, dt), on(&dout, &dev, dt));
+        poison(&dev);
+        let Some((o, lse)) = trainer::cuda::cudnn_sdpa::forward(&gq, &gk, &gv, &gpu_mask, opts.scale).unwrap() else {
+            eprintln!("cuDNN not used here (see the log line): skipped");
+            return;
+        };
+        let what = format!("cudnn attention b{b} hq{hq} hkv{hkv} t{t} d{d} padded={padded}");
+        check(&format!("{what} o"), dt, &o, &o0);
+        check(&format!("{what} lse"), dt, &lse, &lse0);
+        // The backward is fed the reference forward's output, so that it is checked on its own.
+        let (go, glse) = (on(&o0, &dev, dt), lse0.to_device(&dev).unwrap());
+        poison(&dev);
+        let (dq, dk, dv) = trainer::cuda::cudnn_sdpa::backward(&gdo, &gq, &gk, &gv, &go, &glse, &gpu_mask, opts.scale).unwrap().expect("the forward's decision");
+        check(&format!("{what} dq"), dt, &dq, &dq0);
+        check(&format!("{what} dk"), dt, &dk, &dk0);
+        check(&format!("{what} dv"), dt, &dv, &dv0);
+    }
+    let (valid, segs) = masks(2, 40, true);
+    let packed = AttnMask::new(&valid, segs.as_deref(), &dev);
+    let x = on(&randn(84, &[2, 2, 40, 64], 1.0), &dev, dt);
+    assert!(trainer::cuda::cudnn_sdpa::forward(&x, &x, &x, &packed, 0.125).unwrap().is_none(), "packed rows stay with our kernels");
+}
+
 mod model_on_cuda {
     use super::*;
     use trainer::data::batch::{Batch, Example};

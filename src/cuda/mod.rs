@@ -12,6 +12,8 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, DType, Result, Shape, Storage, Tensor};
 
+pub mod cudnn_sdpa;
+
 mod ptx {
     pub const RMSNORM: &str = include_str!(concat!(env!("OUT_DIR"), "/rmsnorm.ptx"));
     pub const ROPE: &str = include_str!(concat!(env!("OUT_DIR"), "/rope.ptx"));
@@ -52,6 +54,7 @@ fn ptr(t: &Tensor) -> Result<u64> {
         DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
         DType::BF16 => cs.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
         DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(&stream).0,
+        DType::U8 => cs.as_cuda_slice::<u8>()?.device_ptr(&stream).0,
         other => bail!("fused kernel: unsupported dtype {other:?}"),
     };
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)

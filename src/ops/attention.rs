@@ -4,6 +4,7 @@
 //! Forward saves only the row log-sum-exp of the scores, as flash attention does; backward recomputes the
 //! probabilities from it instead of keeping the `[B, H, T, T]` matrix alive between forward and backward.
 
+use super::attention_backend::key_lengths;
 use super::gemm::matmul;
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::{Mutex, OnceLock};
@@ -35,6 +36,9 @@ pub struct AttnMask {
     /// Dense masks built so far, one per window (layers of one model use at most two).
     dense: Mutex<Vec<(Option<usize>, Tensor)>>,
     tokens: OnceLock<(Tensor, Tensor)>,
+    /// cuDNN's form: each row's valid length, or why the mask has none (see [`key_lengths`]).
+    lengths: OnceLock<std::result::Result<Option<Vec<u32>>, String>>,
+    length_tensors: OnceLock<(Tensor, Tensor)>,
 }
 
 impl AttnMask {
@@ -45,6 +49,8 @@ impl AttnMask {
             device: device.clone(),
             dense: Mutex::new(Vec::new()),
             tokens: OnceLock::new(),
+            lengths: OnceLock::new(),
+            length_tensors: OnceLock::new(),
         }
     }
 
@@ -78,6 +84,28 @@ impl AttnMask {
         };
         let pair = (Tensor::from_vec(valid, (b, t), &self.device)?, Tensor::from_vec(seg, (b, t), &self.device)?);
         Ok(self.tokens.get_or_init(|| pair))
+    }
+
+    /// Each row's valid length when the batch is right-padded (`None`: no padding at all), or why the mask is
+    /// not of that form (packed rows): the mask as cuDNN's fused attention takes it.
+    pub fn key_lengths(&self) -> std::result::Result<Option<&[u32]>, &str> {
+        let lens = self.lengths.get_or_init(|| key_lengths(&self.key_valid, self.segments.is_some()));
+        match lens {
+            Ok(l) => Ok(l.as_deref()),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// `(seq_len_q, seq_len_kv)`, u32 `[B]` on the device, of a padded batch: every query position is computed
+    /// (T) and keys stop at the row's valid length, which is the dense mask's meaning for padding rows too.
+    pub fn length_tensors(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(t) = self.length_tensors.get() {
+            return Ok(t);
+        }
+        let Ok(Some(lens)) = self.key_lengths() else { candle_core::bail!("the attention mask has no per-row lengths") };
+        let t = self.key_valid.first().map_or(0, |r| r.len()) as u32;
+        let pair = (Tensor::from_vec(vec![t; lens.len()], lens.len(), &self.device)?, Tensor::from_vec(lens.to_vec(), lens.len(), &self.device)?);
+        Ok(self.length_tensors.get_or_init(|| pair))
     }
 }
 
@@ -154,6 +182,9 @@ fn use_cpu_kernels(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
 pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, opts: &AttnOpts) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if use_cuda_kernels(q, k, v, mask, opts)? {
+        if let Some(out) = crate::cuda::cudnn_sdpa::forward(q, k, v, mask, opts.scale)? {
+            return Ok(out);
+        }
         let (valid, seg) = mask.tokens()?;
         return if use_tensor_cores(q)? {
             crate::cuda::attention_fwd_chunked(q, k, v, valid, seg, opts.scale, None)
@@ -182,6 +213,9 @@ fn forward_with(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, opts: &AttnOp
 pub fn backward(do_: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, mask: &AttnMask, opts: &AttnOpts) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if use_cuda_kernels(q, k, v, mask, opts)? {
+        if let Some(grads) = crate::cuda::cudnn_sdpa::backward(do_, q, k, v, o, lse, mask, opts.scale)? {
+            return Ok(grads);
+        }
         let (valid, seg) = mask.tokens()?;
         let delta = do_.to_dtype(DType::F32)?.mul(&o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
         return if use_tensor_cores(q)? {

@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_backend;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod gemm;
