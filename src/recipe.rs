@@ -408,33 +408,82 @@ impl IdFrom {
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
-/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`) or, when it is not one, taken as a string (`chatml`).
+/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`) or, when it is not one, taken as a string (`chatml`). An empty value
+/// (`key=`) removes the key, so its default applies again. Arrays of tables are addressed by a 0-based index
+/// (`evals.2.max_new_tokens=8`) or by `*` for every entry (`evals.*.max_new_tokens=8`); under `*` a deeper path
+/// only reaches the entries that already hold its tables (`evals.*.judge.max_tokens=8` changes the judged ones),
+/// and a `*` that reaches no entry is an error.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
     for o in overrides {
         let (key, raw) = o.split_once('=').with_context(|| format!("--set {o}: write key=value, e.g. train.epochs=1"))?;
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let value = (!raw.trim().is_empty()).then(|| {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+        });
         let parts: Vec<&str> = key.trim().split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
             bail!("--set {o}: `{key}` is not a key path like train.epochs");
         }
-        let mut node = &mut *table;
-        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-            let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-            node = entry.as_table_mut().with_context(|| format!("--set {o}: `{}` is not a table", parts[..=i].join(".")))?;
+        let reached = set_path(table, &parts, 0, value.as_ref(), false).map_err(|e| anyhow::anyhow!("--set {o}: {e}"))?;
+        if reached == 0 {
+            // Only a `*` reaches nothing: over an empty list, or over entries none of which holds the path's table.
+            let below = parts[parts.iter().position(|p| *p == "*").map_or(0, |i| i + 1)..parts.len() - 1].join(".");
+            if below.is_empty() {
+                bail!("--set {o}: `*` matched no entry: the list is empty");
+            }
+            bail!("--set {o}: `*` matched no entry that holds `{below}`");
         }
-        let leaf = parts[parts.len() - 1];
+    }
+    Ok(())
+}
+
+/// Sets (or, with `None`, removes) `parts[at..]` below `node`; returns how many places were changed. `wild`: under
+/// a `*`, where a missing table means "not this entry" rather than "create it".
+fn set_path(node: &mut toml::Table, parts: &[&str], at: usize, value: Option<&toml::Value>, wild: bool) -> Result<usize> {
+    let key = parts[at];
+    if at == parts.len() - 1 {
         // max_steps and epochs are alternatives: setting one replaces the other.
-        match (parts.len(), parts[0], leaf) {
+        match (parts.len(), parts[0], key) {
             (2, "train", "max_steps") => drop(node.remove("epochs")),
             (2, "train", "epochs") => drop(node.remove("max_steps")),
             _ => {}
         }
-        node.insert(leaf.to_string(), value);
+        match value {
+            Some(v) => drop(node.insert(key.to_string(), v.clone())),
+            None => drop(node.remove(key)),
+        }
+        return Ok(1);
     }
-    Ok(())
+    let here = || parts[..=at].join(".");
+    if !node.contains_key(key) {
+        if wild {
+            return Ok(0);
+        }
+        node.insert(key.to_string(), toml::Value::Table(Default::default()));
+    }
+    match node.get_mut(key).expect("inserted above") {
+        toml::Value::Table(t) => set_path(t, parts, at + 1, value, wild),
+        toml::Value::Array(items) => {
+            let which = parts[at + 1];
+            anyhow::ensure!(at + 2 < parts.len(), "`{}` is a list of tables: name a key of its entries, e.g. {}.{which}.name", here(), here());
+            let chosen: Vec<usize> = if which == "*" {
+                (0..items.len()).collect()
+            } else {
+                let i: usize = which.parse().map_err(|_| anyhow::anyhow!("`{}` is a list: address an entry by its 0-based index or `*`, not `{which}`", here()))?;
+                anyhow::ensure!(i < items.len(), "`{}` has {} entries (0 to {}), not {i}", here(), items.len(), items.len().saturating_sub(1));
+                vec![i]
+            };
+            let mut reached = 0;
+            for i in chosen {
+                let toml::Value::Table(t) = &mut items[i] else { bail!("`{}.{i}` is not a table", here()) };
+                reached += set_path(t, parts, at + 2, value, wild || which == "*")?;
+            }
+            Ok(reached)
+        }
+        _ => bail!("`{}` is not a table", here()),
+    }
 }
 
 impl Recipe {
@@ -672,5 +721,29 @@ path = "en.json"
                 }
             }
         }
+    }
+
+    #[test]
+    fn set_reaches_list_entries_by_index_or_all_and_an_empty_value_unsets() {
+        let text = "[train]\nepochs = 2\n[[evals]]\nname = \"a\"\n[[evals]]\nname = \"b\"\n[evals.judge]\nurl = \"https://x/v1\"\nmodel = \"gpt-4\"\n";
+        let set = |o: &[&str]| -> Result<toml::Table> {
+            let mut t: toml::Table = toml::from_str(text).unwrap();
+            apply_overrides(&mut t, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+            Ok(t)
+        };
+        let t = set(&["evals.*.max_new_tokens=8", "evals.1.name=c", "evals.*.judge.url=", "evals.*.judge.local=data/tiny-llama"]).unwrap();
+        let evals = t["evals"].as_array().unwrap();
+        assert_eq!((evals[0]["max_new_tokens"].as_integer(), evals[1]["max_new_tokens"].as_integer()), (Some(8), Some(8)));
+        assert_eq!(evals[1]["name"].as_str(), Some("c"));
+        assert!(evals[0].get("judge").is_none(), "under `*` a missing table is not created");
+        let judge = evals[1]["judge"].as_table().unwrap();
+        assert_eq!((judge.get("url"), judge["local"].as_str(), judge["model"].as_str()), (None, Some("data/tiny-llama"), Some("gpt-4")));
+        let err = |o: &str| format!("{:#}", set(&[o]).unwrap_err());
+        assert!(err("evals.2.name=x").contains("has 2 entries"), "{}", err("evals.2.name=x"));
+        assert!(err("evals.x.name=y").contains("0-based index"));
+        assert!(err("evals.*=y").contains("list of tables"));
+        assert!(err("evals.*.cache.dir=y").contains("matched no entry that holds `cache`"), "{}", err("evals.*.cache.dir=y"));
+        assert!(err("train.epochs.x=1").contains("`train.epochs` is not a table"));
+        assert_eq!(set(&["train.max_steps=1"]).unwrap()["train"].as_table().unwrap().get("epochs"), None);
     }
 }

@@ -342,9 +342,10 @@ fn every_shipped_recipe_plans() {
         ("quickstart", &[], 6, 3),
         ("native-vs-translated", &[], 30, 15),
         ("multilingual-8", &[], 6, 3),
-        ("ultralink", &[], 11, 11),
-        // Nine compositions on each of Lima-X and Bactrian-X, one seed.
-        ("polyglot-x", &[], 18, 18),
+        // Their judged and scored [[evals]] resolve against our samples (plan checks every file exists).
+        ("ultralink", &["--benchmarks-root", "data/benchmarks"], 11, 11),
+        // Nine compositions on each of Lima-X, Bactrian-X and Bactrian-X small, one seed.
+        ("polyglot-x", &["--benchmarks-root", "data/benchmarks"], 27, 27),
     ];
     for (name, extra, runs, conditions) in cases {
         let path = repo().join(format!("recipes/{name}.toml"));
@@ -374,7 +375,7 @@ fn every_shipped_recipe_plans() {
         let all = |r: &Value| r["train_examples"].as_u64().unwrap() + r["heldout_examples"].as_u64().unwrap();
         if name == "polyglot-x" {
             // Lima-X's synthetic files carry no ids (id_from = "index" aligns them by position), Bactrian-X's do.
-            for data in ["lima-x", "bactrian-x"] {
+            for data in ["lima-x", "bactrian-x", "bactrian-x-small"] {
                 let mono = by(&format!("{data}-en-mono"));
                 for (mix, n) in [("ENDEFRITES", 5), ("DEFRITES", 4)] {
                     let (parallel, sampled) = (by(&format!("{data}-{mix}-parallel")), by(&format!("{data}-{mix}-sampled")));

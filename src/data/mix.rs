@@ -215,7 +215,13 @@ fn build_aligned(cond: &Condition, pools: Vec<Vec<Record>>, total: Option<usize>
         if n > ids.len() {
             bail!("condition `{}`: wants {n} aligned ids, the sources share only {}", cond.name, ids.len());
         }
-        ids = sample(&ids, n, &mut rng(seed, &["ids", &cond.name]));
+        // The n ids first in an order of the data seed and the id alone, not of the condition: every sized
+        // composition over the same ids (monolingual, parallel, sampled; a dataset's small variant) trains on
+        // the same instructions, as a paper's fixed subset does.
+        let mut ranked: Vec<(u64, &String)> = ids.iter().map(|id| (rank(seed, "subset", id), *id)).collect();
+        ranked.sort_unstable();
+        let keep: BTreeSet<&String> = ranked.into_iter().take(n).map(|(_, id)| id).collect();
+        ids.retain(|id| keep.contains(id));
     }
     let mut out = Vec::new();
     let mut pick = rng(seed, &["sampled", &cond.name]);
@@ -232,8 +238,13 @@ fn build_aligned(cond: &Condition, pools: Vec<Vec<Record>>, total: Option<usize>
 /// Where an id falls in the held-out order of data seed `seed`: a function of the seed and the id alone (not
 /// of the condition or the other records), so conditions built from sources sharing ids order them alike.
 fn id_rank(seed: u64, id: &str) -> u64 {
+    rank(seed, "heldout", id)
+}
+
+/// A seeded position of `id` in an order named by `tag` (orders of different tags are independent).
+fn rank(seed: u64, tag: &str, id: &str) -> u64 {
     // SplitMix64's finaliser over the FNV hash: ids differing in their last digit land far apart.
-    let mut z = seed ^ stable_hash(&["heldout", id]);
+    let mut z = seed ^ stable_hash(&[tag, id]);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -410,6 +421,13 @@ mod tests {
         assert_eq!(ids(&r), ids(&build(&c, &s, 7).unwrap()));
         let sized = Condition { size: Some(4), ..c.clone() };
         assert_eq!(build(&sized, &s, 7).unwrap().len(), 4);
+        // A sized subset is the same ids whatever the condition's name and composition.
+        let renamed = Condition { name: "other".into(), compose: Compose::Parallel, ..sized.clone() };
+        let subset: BTreeSet<_> = build(&sized, &s, 7).unwrap().iter().map(|x| x.provenance.source_id.clone()).collect();
+        let parallel: BTreeSet<_> = build(&renamed, &s, 7).unwrap().iter().map(|x| x.provenance.source_id.clone()).collect();
+        assert_eq!(subset, parallel);
+        let other_seed: BTreeSet<_> = (0..20).map(|k| build(&sized, &s, 100 + k).unwrap().iter().map(|x| x.provenance.source_id.clone()).collect::<Vec<_>>()).collect();
+        assert!(other_seed.len() > 1, "the subset depends on the data seed");
         let mut no_id = s.clone();
         no_id.get_mut("ru").unwrap()[3].provenance.source_id = None;
         assert!(build(&c, &no_id, 7).unwrap_err().to_string().contains("ru.json"));

@@ -83,6 +83,8 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
         anyhow::ensure!(turns.len() <= 2, "`turns` has {} questions; MT-Bench's judge prompts cover one or two", turns.len());
         let reference = match row.get("reference") {
             None | Some(Value::Null) => None,
+            // MT-Bench-X writes `"reference": []` on every question without one.
+            Some(Value::Array(a)) if a.is_empty() => None,
             Some(_) => Some(string_list(row, "reference")?),
         };
         let language = match row.get("language") {
@@ -221,7 +223,7 @@ mod tests {
     #[test]
     fn questions_in_mt_bench_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "q.jsonl", "{\"question_id\": 81, \"category\": \"writing\", \"turns\": [\"a\", \"b\"]}\n\n{\"question_id\": \"x\", \"category\": \"math\", \"turns\": [\"c\"], \"reference\": [\"4\"]}\n");
+        let p = write(dir.path(), "q.jsonl", "{\"question_id\": 81, \"category\": \"writing\", \"turns\": [\"a\", \"b\"], \"reference\": []}\n\n{\"question_id\": \"x\", \"category\": \"math\", \"turns\": [\"c\"], \"reference\": [\"4\"]}\n");
         let qs = read_questions(&p).unwrap();
         assert_eq!(qs.len(), 2);
         assert_eq!((qs[0].key(), qs[0].turns.len(), qs[0].reference.is_none()), ("81".into(), 2, true));
