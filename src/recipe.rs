@@ -408,7 +408,9 @@ impl IdFrom {
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
-/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`) or, when it is not one, taken as a string (`chatml`).
+/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`, `{ local = "judge" }`) or, when it is not one, taken as a string
+/// (`chatml`). An array of tables (`[[evals]]`, `[[sources]]`, …) is entered by an entry's `name`, or `*` for every
+/// entry: `evals.open-es.max_new_tokens=64`, `evals.*.batch_size=4`.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
     for o in overrides {
         let (key, raw) = o.split_once('=').with_context(|| format!("--set {o}: write key=value, e.g. train.epochs=1"))?;
@@ -420,21 +422,48 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
         if parts.iter().any(|p| p.is_empty()) {
             bail!("--set {o}: `{key}` is not a key path like train.epochs");
         }
-        let mut node = &mut *table;
-        for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-            let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-            node = entry.as_table_mut().with_context(|| format!("--set {o}: `{}` is not a table", parts[..=i].join(".")))?;
-        }
-        let leaf = parts[parts.len() - 1];
         // max_steps and epochs are alternatives: setting one replaces the other.
-        match (parts.len(), parts[0], leaf) {
-            (2, "train", "max_steps") => drop(node.remove("epochs")),
-            (2, "train", "epochs") => drop(node.remove("max_steps")),
-            _ => {}
+        if let ["train", leaf @ ("max_steps" | "epochs")] = parts.as_slice() {
+            if let Some(train) = table.get_mut("train").and_then(toml::Value::as_table_mut) {
+                train.remove(if *leaf == "max_steps" { "epochs" } else { "max_steps" });
+            }
         }
-        node.insert(leaf.to_string(), value);
+        set_path(table, &parts, 0, value, o)?;
     }
     Ok(())
+}
+
+/// Sets `parts[at..]` under `node` (see [`apply_overrides`]); `parts[..at]` is the path walked so far.
+fn set_path(node: &mut toml::Table, parts: &[&str], at: usize, value: toml::Value, o: &str) -> Result<()> {
+    let part = parts[at];
+    if at + 1 == parts.len() {
+        node.insert(part.to_string(), value);
+        return Ok(());
+    }
+    if let Some(toml::Value::Array(entries)) = node.get_mut(part) {
+        let here = parts[..=at].join(".");
+        let Some(&selector) = parts.get(at + 1).filter(|_| at + 2 < parts.len()) else {
+            bail!("--set {o}: `{here}` is a list: name an entry and a key in it, e.g. {here}.NAME.key=value (or {here}.*.key for all)");
+        };
+        let mut names = Vec::new();
+        let mut found = false;
+        for entry in entries.iter_mut() {
+            let Some(t) = entry.as_table_mut() else { bail!("--set {o}: `{here}` is not a list of tables") };
+            let name = t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+            if selector == "*" || name == selector {
+                found = true;
+                set_path(t, parts, at + 2, value.clone(), o)?;
+            }
+            names.push(name);
+        }
+        if !found {
+            bail!("--set {o}: `{here}` has no entry named `{selector}` (its names: {})", names.join(", "));
+        }
+        return Ok(());
+    }
+    let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+    let next = entry.as_table_mut().with_context(|| format!("--set {o}: `{}` is not a table", parts[..=at].join(".")))?;
+    set_path(next, parts, at + 1, value, o)
 }
 
 impl Recipe {
@@ -617,6 +646,23 @@ mod tests {
         let p = dir.path().join("r.toml");
         std::fs::write(&p, text).unwrap();
         Recipe::load(&p)
+    }
+
+    #[test]
+    fn set_enters_lists_of_tables_by_name_or_star() {
+        let text = "[train]\nepochs = 3\n[[evals]]\nname = \"a\"\ntask = \"judge\"\njudge = { url = \"https://x/v1\", model = \"gpt-4\" }\n[[evals]]\nname = \"b\"\ntask = \"mc\"\n";
+        let mut t: toml::Table = toml::from_str(text).unwrap();
+        let set = |t: &mut toml::Table, o: &[&str]| apply_overrides(t, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        set(&mut t, &["evals.a.judge={ local = \"data/tiny-llama\" }", "evals.*.batch_size=2", "train.max_steps=2"]).unwrap();
+        let evals = t["evals"].as_array().unwrap();
+        assert_eq!(evals[0]["judge"].as_table().unwrap().len(), 1, "the whole judge table is replaced");
+        assert_eq!(evals[0]["judge"]["local"].as_str(), Some("data/tiny-llama"));
+        assert_eq!((evals[0]["batch_size"].as_integer(), evals[1]["batch_size"].as_integer()), (Some(2), Some(2)));
+        assert!(t["train"].get("epochs").is_none() && t["train"]["max_steps"].as_integer() == Some(2));
+        let e = set(&mut t, &["evals.c.shots=1"]).unwrap_err().to_string();
+        assert!(e.contains("no entry named `c`") && e.contains("a, b"), "{e}");
+        let e = set(&mut t, &["evals.a=1"]).unwrap_err().to_string();
+        assert!(e.contains("is a list"), "{e}");
     }
 
     const OK: &str = r#"
