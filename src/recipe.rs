@@ -516,7 +516,8 @@ impl Recipe {
     /// without one against the recipe's folder.
     pub fn resolve_benchmark(&self, p: &Path) -> PathBuf {
         match &self.benchmarks_root {
-            Some(root) => self.resolve(&self.resolve(root).join(p)),
+            // Joined once: resolving the joined path again would prefix a relative recipe folder twice.
+            Some(root) => self.resolve(root).join(p),
             None => self.resolve(p),
         }
     }
@@ -646,6 +647,18 @@ mod tests {
         let p = dir.path().join("r.toml");
         std::fs::write(&p, text).unwrap();
         Recipe::load(&p)
+    }
+
+    #[test]
+    fn benchmark_paths_resolve_once_against_a_relative_recipe_folder() {
+        let mut r: Recipe = toml::from_str(OK).unwrap();
+        r.base_dir = PathBuf::from("recipes");
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("recipes/x/a.csv"));
+        r.benchmarks_root = Some(PathBuf::from("../benchmarks"));
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("recipes/../benchmarks/x/a.csv"));
+        r.benchmarks_root = Some(PathBuf::from("/data/b"));
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("/data/b/x/a.csv"));
+        assert_eq!(r.resolve_benchmark(Path::new("/abs/a.csv")), PathBuf::from("/abs/a.csv"));
     }
 
     #[test]
