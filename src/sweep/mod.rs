@@ -302,7 +302,9 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
             // mc and qa read a folder or glob pattern as one benchmark (CMMLU's and C-Eval's per-subject files).
             let resolved = recipe.resolve_benchmark(p);
             if ["mc", "qa"].contains(&spec.task.as_str()) {
-                crate::eval::files::expand(&resolved).with_context(|| format!("[[evals]] `{}` (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name))?;
+                if let Err(e) = crate::eval::files::expand(&resolved) {
+                    bail!("[[evals]] `{}`: {e:#} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name);
+                }
             } else if !resolved.is_file() {
                 bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());
             }
