@@ -408,9 +408,10 @@ impl IdFrom {
 }
 
 /// Applies `key.path=value` overrides (from `--set`) to a parsed recipe. The value is read as a TOML value
-/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`) or, when it is not one, taken as a string (`chatml`). An empty value
-/// (`key=`) removes the key, so its default applies again. Arrays of tables are addressed by a 0-based index
-/// (`evals.2.max_new_tokens=8`) or by `*` for every entry (`evals.*.max_new_tokens=8`); under `*` a deeper path
+/// (`1e-4`, `[1e-4, 1e-6]`, `true`, `"x"`, `{ local = "judge" }`) or, when it is not one, taken as a string
+/// (`chatml`). An empty value (`key=`) removes the key, so its default applies again. Arrays of tables
+/// (`[[evals]]`, `[[sources]]`, …) are addressed by an entry's `name` (`evals.open-es.max_new_tokens=64`), a 0-based
+/// index (`evals.2.max_new_tokens=8`) or `*` for every entry (`evals.*.max_new_tokens=8`); under `*` a deeper path
 /// only reaches the entries that already hold its tables (`evals.*.judge.max_tokens=8` changes the judged ones),
 /// and a `*` that reaches no entry is an error.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
@@ -470,10 +471,17 @@ fn set_path(node: &mut toml::Table, parts: &[&str], at: usize, value: Option<&to
             anyhow::ensure!(at + 2 < parts.len(), "`{}` is a list of tables: name a key of its entries, e.g. {}.{which}.name", here(), here());
             let chosen: Vec<usize> = if which == "*" {
                 (0..items.len()).collect()
-            } else {
-                let i: usize = which.parse().map_err(|_| anyhow::anyhow!("`{}` is a list: address an entry by its 0-based index or `*`, not `{which}`", here()))?;
+            } else if let Ok(i) = which.parse::<usize>() {
                 anyhow::ensure!(i < items.len(), "`{}` has {} entries (0 to {}), not {i}", here(), items.len(), items.len().saturating_sub(1));
                 vec![i]
+            } else {
+                let name = |t: &toml::Value| t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+                let named: Vec<usize> = (0..items.len()).filter(|&i| name(&items[i]) == which).collect();
+                if named.is_empty() {
+                    let names: Vec<String> = items.iter().map(name).collect();
+                    bail!("`{}` has no entry named `{which}` (its names: {}; or address one by its 0-based index, or `*` for all)", here(), names.join(", "));
+                }
+                named
             };
             let mut reached = 0;
             for i in chosen {
@@ -536,7 +544,8 @@ impl Recipe {
     /// without one against the recipe's folder.
     pub fn resolve_benchmark(&self, p: &Path) -> PathBuf {
         match &self.benchmarks_root {
-            Some(root) => self.resolve(&self.resolve(root).join(p)),
+            // Joined once: resolving the joined path again would prefix a relative recipe folder twice.
+            Some(root) => self.resolve(root).join(p),
             None => self.resolve(p),
         }
     }
@@ -666,6 +675,35 @@ mod tests {
         let p = dir.path().join("r.toml");
         std::fs::write(&p, text).unwrap();
         Recipe::load(&p)
+    }
+
+    #[test]
+    fn benchmark_paths_resolve_once_against_a_relative_recipe_folder() {
+        let mut r: Recipe = toml::from_str(OK).unwrap();
+        r.base_dir = PathBuf::from("recipes");
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("recipes/x/a.csv"));
+        r.benchmarks_root = Some(PathBuf::from("../benchmarks"));
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("recipes/../benchmarks/x/a.csv"));
+        r.benchmarks_root = Some(PathBuf::from("/data/b"));
+        assert_eq!(r.resolve_benchmark(Path::new("x/a.csv")), PathBuf::from("/data/b/x/a.csv"));
+        assert_eq!(r.resolve_benchmark(Path::new("/abs/a.csv")), PathBuf::from("/abs/a.csv"));
+    }
+
+    #[test]
+    fn set_enters_lists_of_tables_by_name_or_star() {
+        let text = "[train]\nepochs = 3\n[[evals]]\nname = \"a\"\ntask = \"judge\"\njudge = { url = \"https://x/v1\", model = \"gpt-4\" }\n[[evals]]\nname = \"b\"\ntask = \"mc\"\n";
+        let mut t: toml::Table = toml::from_str(text).unwrap();
+        let set = |t: &mut toml::Table, o: &[&str]| apply_overrides(t, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        set(&mut t, &["evals.a.judge={ local = \"data/tiny-llama\" }", "evals.*.batch_size=2", "train.max_steps=2"]).unwrap();
+        let evals = t["evals"].as_array().unwrap();
+        assert_eq!(evals[0]["judge"].as_table().unwrap().len(), 1, "the whole judge table is replaced");
+        assert_eq!(evals[0]["judge"]["local"].as_str(), Some("data/tiny-llama"));
+        assert_eq!((evals[0]["batch_size"].as_integer(), evals[1]["batch_size"].as_integer()), (Some(2), Some(2)));
+        assert!(t["train"].get("epochs").is_none() && t["train"]["max_steps"].as_integer() == Some(2));
+        let e = set(&mut t, &["evals.c.shots=1"]).unwrap_err().to_string();
+        assert!(e.contains("no entry named `c`") && e.contains("a, b"), "{e}");
+        let e = set(&mut t, &["evals.a=1"]).unwrap_err().to_string();
+        assert!(e.contains("is a list"), "{e}");
     }
 
     const OK: &str = r#"

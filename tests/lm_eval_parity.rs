@@ -41,32 +41,79 @@ fn every_format_scores_as_lm_eval_does() {
     assert_eq!(runs.iter().filter(|r| r["template"] == "chatml").count(), 2, "cmmlu and arc under a chat template");
     for run in runs {
         let what = format!("{} {}-shot {}", run["name"].as_str().unwrap(), run["shots"], run["template"].as_str().unwrap_or("none"));
-        let Task::Mc { items, examples, shots, source, batch_size, template, .. } = Task::load(&spec(run), &s).unwrap() else { panic!("{what}: not an mc task") };
+        check_run(&what, run, &spec(run), &s, &adapter);
+    }
+}
+
+/// Scores `spec` and checks every prompt, continuation, log-likelihood and accuracy against lm-eval's `run`.
+fn check_run(what: &str, run: &Value, spec: &BenchmarkSection, s: &Session, adapter: &Adapter) {
+    let adapter = Some(adapter);
+    let Task::Mc { items, examples, shots, source, batch_size, template, .. } = Task::load(spec, s).unwrap() else { panic!("{what}: not an mc task") };
+    let template = PromptTemplate::parse(&template, &s.text.tokenizer).unwrap();
+    let theirs = run["per_item"].as_array().unwrap();
+    assert_eq!(items.len(), theirs.len(), "{what}: items");
+    for (i, (ctx, t)) in contexts(&items, &examples, shots, source, &template).unwrap().iter().zip(theirs).enumerate() {
+        assert_eq!(ctx, t["context"].as_str().unwrap(), "{what} item {i}: context");
+        let conts: Vec<String> = items[i].choices.iter().map(|c| format!("{}{c}", target_delimiter(&template))).collect();
+        assert_eq!(serde_json::json!(conts), t["continuations"], "{what} item {i}: continuations");
+    }
+    let r = score_mc(&s.model, adapter, &s.text.tokenizer, &items, &examples, shots, source, &template, batch_size).unwrap();
+    for (i, (ours, t)) in r.loglikelihoods.iter().zip(theirs).enumerate() {
+        let lls = t["loglikelihoods"].as_array().unwrap();
+        assert_eq!(ours.len(), lls.len(), "{what} item {i}: choices");
+        for (c, (a, b)) in ours.iter().zip(lls).enumerate() {
+            let b = b.as_f64().unwrap();
+            assert!((a - b).abs() <= 1e-4, "{what} item {i} choice {c}: log-likelihood {a} vs lm-eval's {b}");
+        }
+        assert_eq!(r.item_scores[i], (t["acc"].as_f64().unwrap(), t["acc_norm"].as_f64().unwrap()), "{what} item {i}: acc, acc_norm");
+    }
+    assert_eq!((r.acc, r.acc_norm, r.items), (run["acc"].as_f64().unwrap(), run["acc_norm"].as_f64().unwrap(), run["items"].as_u64().unwrap() as usize), "{what}");
+    let subjects = run["subjects"].as_object().unwrap();
+    assert_eq!(r.subjects.len(), subjects.len(), "{what}: subjects {:?}", r.subjects.keys());
+    for (name, m) in subjects {
+        let ours = &r.subjects[name];
+        assert_eq!((ours.acc, ours.acc_norm, ours.items), (m["acc"].as_f64().unwrap(), m["acc_norm"].as_f64().unwrap(), m["items"].as_u64().unwrap() as usize), "{what} subject {name}");
+    }
+}
+
+/// CMMLU and MMMLU as released: CSV with pandas' unnamed index column (`,Question,A,B,C,D,Answer`), MMMLU's file
+/// named `test/mmlu_ZH-CN.csv`. Written from the JSONL samples by data/benchmarks/make_release_layout.py, they
+/// must give lm-eval's prompts and scores for the JSONL files exactly; and a glob over CMMLU's subject files (one
+/// benchmark) the same agronomy results.
+#[test]
+fn csv_releases_score_as_lm_eval_scored_the_same_items() {
+    let want = expected();
+    let root = trainer::testing::fixtures_dir();
+    let s = Session::open(root.join("models/llama-gqa").to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let adapter = Adapter::load_peft(&root.join("adapters/llama-gqa"), &s.model.cfg, &Device::Cpu).unwrap();
+    let as_released = |p: &str| {
+        let p = p.replace("mmmlu/mmlu_ES_LA.jsonl", "mmmlu/test/mmlu_ES-LA.csv").replace("mmmlu/mmlu_ZH_CN.jsonl", "mmmlu/test/mmlu_ZH-CN.csv");
+        p.replace("agronomy.jsonl", "agronomy.csv")
+    };
+    let mut checked = 0;
+    for run in want["runs"].as_array().unwrap().iter().filter(|r| r["format"] == "cmmlu" || r["format"] == "mmmlu") {
+        let mut csv = run.clone();
+        csv["data"] = as_released(run["data"].as_str().unwrap()).into();
+        if let Some(d) = run["dev"].as_str() {
+            csv["dev"] = as_released(d).into();
+        }
+        assert!(csv["data"].as_str().unwrap().ends_with(".csv"), "{csv}");
+        check_run(&format!("{} {}-shot {} as CSV", run["name"].as_str().unwrap(), run["shots"], run["template"].as_str().unwrap_or("none")), run, &spec(&csv), &s, &adapter);
+        checked += 1;
+    }
+    assert_eq!(checked, 7, "cmmlu and both MMMLU locales at 0 and 2 shots, and cmmlu under ChatML");
+    // Every CMMLU subject file as one benchmark: agronomy's items score as they do alone (prompts and examples
+    // stay per subject), the other subject beside them.
+    for run in want["runs"].as_array().unwrap().iter().filter(|r| r["format"] == "cmmlu") {
+        let mut all = run.clone();
+        all["data"] = "data/benchmarks/cmmlu/test/*.csv".into();
+        all["dev"] = "data/benchmarks/cmmlu/dev/*.csv".into();
+        let Task::Mc { items, examples, shots, source, batch_size, template, .. } = Task::load(&spec(&all), &s).unwrap() else { panic!("mc") };
         let template = PromptTemplate::parse(&template, &s.text.tokenizer).unwrap();
-        let theirs = run["per_item"].as_array().unwrap();
-        assert_eq!(items.len(), theirs.len(), "{what}: items");
-        for (i, (ctx, t)) in contexts(&items, &examples, shots, source, &template).unwrap().iter().zip(theirs).enumerate() {
-            assert_eq!(ctx, t["context"].as_str().unwrap(), "{what} item {i}: context");
-            let conts: Vec<String> = items[i].choices.iter().map(|c| format!("{}{c}", target_delimiter(&template))).collect();
-            assert_eq!(serde_json::json!(conts), t["continuations"], "{what} item {i}: continuations");
-        }
         let r = score_mc(&s.model, Some(&adapter), &s.text.tokenizer, &items, &examples, shots, source, &template, batch_size).unwrap();
-        for (i, (ours, t)) in r.loglikelihoods.iter().zip(theirs).enumerate() {
-            let lls = t["loglikelihoods"].as_array().unwrap();
-            assert_eq!(ours.len(), lls.len(), "{what} item {i}: choices");
-            for (c, (a, b)) in ours.iter().zip(lls).enumerate() {
-                let b = b.as_f64().unwrap();
-                assert!((a - b).abs() <= 1e-4, "{what} item {i} choice {c}: log-likelihood {a} vs lm-eval's {b}");
-            }
-            assert_eq!(r.item_scores[i], (t["acc"].as_f64().unwrap(), t["acc_norm"].as_f64().unwrap()), "{what} item {i}: acc, acc_norm");
-        }
-        assert_eq!((r.acc, r.acc_norm, r.items), (run["acc"].as_f64().unwrap(), run["acc_norm"].as_f64().unwrap(), run["items"].as_u64().unwrap() as usize), "{what}");
-        let subjects = run["subjects"].as_object().unwrap();
-        assert_eq!(r.subjects.len(), subjects.len(), "{what}: subjects {:?}", r.subjects.keys());
-        for (name, m) in subjects {
-            let ours = &r.subjects[name];
-            assert_eq!((ours.acc, ours.acc_norm, ours.items), (m["acc"].as_f64().unwrap(), m["acc_norm"].as_f64().unwrap(), m["items"].as_u64().unwrap() as usize), "{what} subject {name}");
-        }
+        let agronomy = &r.subjects["agronomy"];
+        assert_eq!((agronomy.acc, agronomy.acc_norm, agronomy.items), (run["acc"].as_f64().unwrap(), run["acc_norm"].as_f64().unwrap(), run["items"].as_u64().unwrap() as usize));
+        assert_eq!((r.items, r.subjects.len()), (run["items"].as_u64().unwrap() as usize + 2, 2), "agronomy and astronomy");
     }
 }
 

@@ -362,6 +362,11 @@ fn every_shipped_recipe_plans() {
         if name != "quickstart" {
             args.extend(["--data-root", data.path().to_str().unwrap(), "--model", tiny, "--device", "cpu"]);
         }
+        // The study's [[evals]] resolve against our samples, laid out as the releases are.
+        let samples = repo().join("data/benchmarks");
+        if name == "native-vs-translated" {
+            args.extend(["--benchmarks-root", samples.to_str().unwrap()]);
+        }
         args.extend(extra);
         let p = plan(&args);
         assert_eq!(p["runs"].as_array().unwrap().len(), runs, "{name}: {p}");
@@ -399,7 +404,8 @@ fn the_study_recipe_plans_on_the_released_data() {
     let Some(shared) = trainer::testing::shared("data/good-data-or-bad-eval") else { return };
     let path = repo().join("recipes/native-vs-translated.toml");
     let tiny = repo().join("data/tiny-llama");
-    let p = plan(&[path.to_str().unwrap(), "--data-root", shared.to_str().unwrap(), "--model", tiny.to_str().unwrap()]);
+    let samples = repo().join("data/benchmarks");
+    let p = plan(&[path.to_str().unwrap(), "--data-root", shared.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--benchmarks-root", samples.to_str().unwrap()]);
     let runs = p["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 15 * 2);
     // Every origin is cleaned alike (the Cohere translator's chatter): what each source loses, as the recipe's

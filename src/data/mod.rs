@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod chat;
+mod csv_rows;
 pub mod filter;
 pub mod format;
 pub mod mix;

@@ -1,4 +1,5 @@
-//! Streaming readers: a JSON array (element by element), JSONL (optionally gzip'd) and parquet (row by row).
+//! Streaming readers: a JSON array (element by element), JSONL (optionally gzip'd), parquet (row by row) and CSV
+//! with a header row ([`super::csv_rows`]).
 //! Memory stays bounded by one record, whatever the file size. Every error names the file and line (or row).
 
 use super::record::Location;
@@ -16,7 +17,8 @@ pub struct RawRecord {
 pub type Records = Box<dyn Iterator<Item = Result<RawRecord>>>;
 
 /// Opens `path` by its name: `.json` (array), `.jsonl` / `.jsonl.gz` / `.json.gz` (one object per line),
-/// `.parquet`. An empty file or array is an error.
+/// `.parquet`, `.csv` (a header row, then one record per row; every value a string). An empty file or array is an
+/// error.
 pub fn open(path: &Path) -> Result<Records> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let file = || File::open(path).with_context(|| format!("cannot open data file {}", path.display()));
@@ -28,8 +30,10 @@ pub fn open(path: &Path) -> Result<Records> {
         Box::new(JsonArray::new(path, BufReader::new(file()?)))
     } else if name.ends_with(".parquet") {
         parquet_rows(path, file()?)?
+    } else if name.ends_with(".csv") {
+        super::csv_rows::csv_rows(path, file()?)?
     } else {
-        bail!("{}: unknown data file type (supported: .json, .jsonl, .jsonl.gz, .json.gz, .parquet)", path.display());
+        bail!("{}: unknown data file type (supported: .json, .jsonl, .jsonl.gz, .json.gz, .parquet, .csv)", path.display());
     };
     Ok(Box::new(NonEmpty { inner: records, seen: false, path: path.to_path_buf() }))
 }
@@ -338,7 +342,7 @@ mod tests {
         assert!(e("e.json", b"").contains("has no records"));
         assert!(e("f.json", b"[{\"a\": \"\xff\"}]").contains("invalid UTF-8"));
         assert!(e("g.json", b"[{\"a\": 1}").contains("not closed"));
-        assert!(format!("{:#}", open(&dir.path().join("x.csv")).err().unwrap()).contains("unknown data file type"));
+        assert!(format!("{:#}", open(&dir.path().join("x.tsv")).err().unwrap()).contains("unknown data file type"));
         assert!(format!("{:#}", open(&dir.path().join("missing.json")).err().unwrap()).contains("missing.json"));
     }
 

@@ -5,9 +5,10 @@
 //!
 //! The recipe's `[[evals]]` entries ([`crate::recipe::BenchmarkSection`]) say what to score; this folder reads the
 //! items ([`items`]), builds prompts and scores them ([`mc`], [`qa`], [`metrics`], [`loss`]), and runs a benchmark
-//! for a model and adapter ([`task`]). MT-Bench-style questions are answered turn by turn ([`multiturn`]) and
+//! for a model and adapter ([`task`]); a path may name a folder or glob of files read as one benchmark ([`files`]). MT-Bench-style questions are answered turn by turn ([`multiturn`]) and
 //! graded by an LLM judge ([`judge`]). The recipe does not import this folder.
 
+pub mod files;
 pub mod items;
 pub mod judge;
 pub mod loss;

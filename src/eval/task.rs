@@ -41,7 +41,7 @@ impl Task {
             }
             "mc" => {
                 let style = if spec.style == "letters" { McStyle::Letters } else { McStyle::Continuation };
-                let read = |path: &std::path::Path| read_docs(spec.format_name(), &Source { path, fields: &spec.fields, style, language: spec.language.as_deref() }).with_context(what);
+                let read = |path: &std::path::Path| super::files::read_all(path, |path| read_docs(spec.format_name(), &Source { path, fields: &spec.fields, style, language: spec.language.as_deref() })).with_context(what);
                 let items = read(&spec.path)?;
                 // lm-eval leaves an item out of its own examples when they come from the scored split (MMMLU's only).
                 let (examples, source) = match &spec.dev {
@@ -53,7 +53,7 @@ impl Task {
             }
             "qa" if QaFormat::parse(spec.format_name())?.is_some() => {
                 let format = QaFormat::parse(spec.format_name())?.expect("checked");
-                let read = |p: &std::path::Path| read_bench(p, format, &spec.fields, spec.language.as_deref());
+                let read = |p: &std::path::Path| super::files::read_all(p, |p| read_bench(p, format, &spec.fields, spec.language.as_deref()));
                 Task::Bench {
                     format,
                     items: read(&spec.path).with_context(what)?,
@@ -66,11 +66,11 @@ impl Task {
             }
             "judge" => Task::Judge(Box::new(super::judge::JudgeSettings::from_section(spec)?.load(session.model.dtype, &session.model.device).with_context(what)?)),
             _ => Task::Qa {
-                items: read_qa(&spec.path).with_context(what)?.into_iter().map(|mut it| {
+                items: super::files::read_all(&spec.path, read_qa).with_context(what)?.into_iter().map(|mut it| {
                     it.language = it.language.or_else(|| spec.language.clone());
                     it
                 }).collect(),
-                dev: spec.dev.as_deref().map(read_qa).transpose().with_context(what)?.unwrap_or_default(),
+                dev: spec.dev.as_deref().map(|d| super::files::read_all(d, read_qa)).transpose().with_context(what)?.unwrap_or_default(),
                 shots: spec.shots,
                 max_new_tokens: spec.max_new_tokens(),
                 template: spec.template_name().to_string(),

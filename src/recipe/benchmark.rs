@@ -50,6 +50,10 @@ pub struct BenchmarkSection {
     /// "structured" (answers scored by choice: mc) or "generative" (free text: qa); default: from the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// Score only the runs whose training data includes `language` (and runs with no labelled language): a study
+    /// that tunes a model per language scores each on its own language's benchmarks, not every language's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_language_runs: bool,
     /// judge: who grades the answers and how (`judge = { url = …, model = … }` or an `[evals.judge]` table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeSection>,
@@ -197,6 +201,7 @@ impl BenchmarkSection {
             batch_size,
             origin_type: None,
             form: None,
+            only_language_runs: false,
             judge: None,
         };
         spec.check()?;
@@ -225,6 +230,7 @@ impl BenchmarkSection {
         if let Some(o) = &self.origin_type {
             anyhow::ensure!(["native", "translated"].contains(&o.as_str()), "origin_type must be native or translated, not `{o}`");
         }
+        anyhow::ensure!(!self.only_language_runs || self.language.is_some(), "only_language_runs needs the entry's language (language = \"es\")");
         if let Some(f) = &self.form {
             anyhow::ensure!(["structured", "generative"].contains(&f.as_str()), "form must be structured or generative, not `{f}`");
         }
@@ -290,6 +296,14 @@ impl BenchmarkSection {
         })
     }
 
+    /// Whether a run trained on `languages` is scored on this benchmark (see `only_language_runs`).
+    pub fn scores_run_of(&self, languages: &[String]) -> bool {
+        match (&self.language, self.only_language_runs) {
+            (Some(l), true) => languages.is_empty() || languages.contains(l),
+            _ => true,
+        }
+    }
+
     /// What the report needs to know of the benchmark, stored under `spec` in its run.json result.
     pub fn about(&self) -> serde_json::Value {
         serde_json::json!({ "task": self.task, "language": self.language, "origin_type": self.origin_type, "form": self.form() })
@@ -319,6 +333,16 @@ mod tests {
         assert!(e.contains("unknown qa format `alpaca` (known: generic, xquad, tydiqa, mgsm, mgsm_direct, mgsm_native_cot)"), "{e}");
         assert!(section("fields = { a = \"b\" }", "loss").is_err());
         assert!(section("template = \"model\"", "mc").is_ok());
+    }
+
+    #[test]
+    fn a_language_benchmark_may_score_only_that_languages_runs() {
+        let langs = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let zh = section("language = \"zh\"\nonly_language_runs = true", "mc").unwrap();
+        assert!(zh.scores_run_of(&langs(&["zh"])) && zh.scores_run_of(&langs(&["es", "zh"])) && zh.scores_run_of(&[]));
+        assert!(!zh.scores_run_of(&langs(&["es"])));
+        assert!(section("language = \"zh\"", "mc").unwrap().scores_run_of(&langs(&["es"])), "every run by default");
+        assert!(section("only_language_runs = true", "mc").unwrap_err().to_string().contains("needs the entry's language"));
     }
 }
 

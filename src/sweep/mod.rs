@@ -298,7 +298,18 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     // The benchmarks are read only after training: a missing file is found now, not hours later.
     for spec in &recipe.evals {
         let judge_files = spec.judge.iter().flat_map(|j| j.reference.iter().chain(&j.baseline));
-        for p in std::iter::once(&spec.path).chain(&spec.dev).chain(judge_files) {
+        for p in std::iter::once(&spec.path).chain(&spec.dev) {
+            // mc and qa read a folder or glob pattern as one benchmark (CMMLU's and C-Eval's per-subject files).
+            let resolved = recipe.resolve_benchmark(p);
+            if ["mc", "qa"].contains(&spec.task.as_str()) {
+                if let Err(e) = crate::eval::files::expand(&resolved) {
+                    bail!("[[evals]] `{}`: {e:#} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name);
+                }
+            } else if !resolved.is_file() {
+                bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());
+            }
+        }
+        for p in judge_files {
             let resolved = recipe.resolve_benchmark(p);
             if !resolved.is_file() {
                 bail!("[[evals]] `{}`: no file {} (evals paths resolve against benchmarks_root or --benchmarks-root, by default the recipe's folder)", spec.name, resolved.display());

@@ -393,8 +393,12 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
     let mut benchmarks = std::collections::BTreeMap::new();
     if !input.benchmarks.is_empty() {
         let kept = crate::lora::Adapter::load_peft(&dir.join("adapter"), &model.cfg, &model.device)?;
+        let languages: Vec<String> = input.cond.languages.keys().filter(|l| !l.is_empty()).cloned().collect();
         for (name, task) in input.benchmarks {
             let spec = recipe.evals.iter().find(|e| &e.name == name);
+            if spec.is_some_and(|s| !s.scores_run_of(&languages)) {
+                continue;
+            }
             let items = dir.join("benchmarks").join(format!("{name}.jsonl"));
             let r = crate::eval::run_benchmark(task, spec, session, Some(&kept), &items).with_context(|| format!("[[evals]] `{name}`"))?;
             progress.message(&format!("{}: {name}: {}", input.name, crate::eval::summary_line(&r)));

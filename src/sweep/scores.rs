@@ -300,9 +300,10 @@ pub fn deltas(scores: &[Score]) -> Vec<Delta<'_>> {
     out
 }
 
-/// The metric a benchmark's ΔS plot shows: the first of acc, exact_match, f1, contains, number, acc_norm it has.
+/// The metric a benchmark's ΔS plot shows: the first of acc, exact_match, f1, contains, number, score, win_rate,
+/// acc_norm it has (score and win_rate: a judged benchmark's only metrics).
 pub fn headline_metric<'a>(deltas: &[Delta<'a>], benchmark: &str) -> Option<String> {
-    ["acc", "exact_match", "f1", "contains", "number", "acc_norm"].into_iter().find(|m| deltas.iter().any(|d| d.other.benchmark == benchmark && d.other.metric == *m)).map(str::to_string)
+    ["acc", "exact_match", "f1", "contains", "number", "score", "win_rate", "acc_norm"].into_iter().find(|m| deltas.iter().any(|d| d.other.benchmark == benchmark && d.other.metric == *m)).map(str::to_string)
 }
 
 /// Correlation of ΔS with S(native): n, Pearson r, Spearman rho.
