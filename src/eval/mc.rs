@@ -6,11 +6,11 @@
 //! `{question, choices, answer}` format through [`McStyle`].
 
 use super::items::McItem;
+use super::mc_score::{loglikelihoods_shared, ChoiceTokens, Sharing};
 use super::progress;
 use super::prompt::{example_turn, render, Message, PromptTemplate};
 use super::pyrandom::PyRandom;
 use crate::data::record::Role;
-use crate::data::batch::{Batch, Example};
 use crate::lora::Adapter;
 use crate::model::Model;
 use crate::tokenizer::TextTokenizer;
@@ -235,37 +235,49 @@ pub struct McResult {
     /// Per item: (acc, acc_norm), each 0 or 1 (not in the summary JSON).
     #[serde(skip)]
     pub item_scores: Vec<(f64, f64)>,
+    /// How many contexts were run for how many choices (not in the summary JSON).
+    #[serde(skip)]
+    pub sharing: Sharing,
 }
 
-/// Scores every choice of every doc by the log-likelihood of its continuation given the doc's k-shot context.
+/// Scores every choice of every doc by the log-likelihood of its continuation given the doc's k-shot context,
+/// each context computed once for all its choices ([`super::mc_score`]), contexts cut from the left to the
+/// model's length as lm-eval cuts them (its HF model's `max_length`: `max_position_embeddings`, else 2048).
 #[allow(clippy::too_many_arguments)]
 pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, docs: &[McDoc], examples: &[McDoc], shots: usize, source: ShotSource, template: &PromptTemplate, batch_size: usize) -> Result<McResult> {
-    // One example per (doc, choice); the continuation's tokens are the targets.
-    let mut seqs = Vec::new();
-    for (doc, context) in docs.iter().zip(contexts(docs, examples, shots, source, template)?) {
-        for choice in &doc.choices {
-            let (ctx, cont) = encode_pair(tok, &context, &format!("{}{choice}", target_delimiter(template)))?;
-            let is_target = (0..ctx.len() + cont.len()).map(|k| k >= ctx.len()).collect();
-            let mut ids = ctx;
-            ids.extend(cont);
-            seqs.push(Example::new(ids, is_target, false));
-        }
-    }
-    let mut nll = Vec::with_capacity(seqs.len());
-    let bar = progress(seqs.len(), "mc");
-    for chunk in seqs.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        nll.extend(model.example_nll(&Batch::pad(&refs, 0), adapter)?);
-        bar.inc(chunk.len() as u64);
-    }
+    let max_length = model.cfg.max_position_embeddings.unwrap_or(2048);
+    let tokens = choice_tokens(tok, docs, &contexts(docs, examples, shots, source, template)?, template)?;
+    let bar = progress(docs.len(), "mc");
+    let (lls, sharing) = loglikelihoods_shared(model, adapter, &tokens, max_length, batch_size, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let mut k = 0;
-    let mut lls = Vec::with_capacity(docs.len());
+    if sharing.unshared > 0 {
+        eprintln!("mc: {} of {} choices kept less of their context than their item's other choices (left truncation) and were scored on their own", sharing.unshared, sharing.choices);
+    }
+    Ok(McResult { sharing, ..summarize(docs, lls) })
+}
+
+/// Every choice's context and continuation tokens (the continuation with lm-eval's target delimiter, none under a
+/// chat template).
+pub fn choice_tokens(tok: &TextTokenizer, docs: &[McDoc], contexts: &[String], template: &PromptTemplate) -> Result<Vec<Vec<ChoiceTokens>>> {
+    docs.iter()
+        .zip(contexts)
+        .map(|(doc, context)| {
+            doc.choices
+                .iter()
+                .map(|choice| {
+                    let (context, continuation) = encode_pair(tok, context, &format!("{}{choice}", target_delimiter(template)))?;
+                    Ok(ChoiceTokens { context, continuation })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Accuracies of docs whose choices have log-likelihoods `lls` (`[doc][choice]`).
+fn summarize(docs: &[McDoc], lls: Vec<Vec<f64>>) -> McResult {
     let mut item_scores = Vec::with_capacity(docs.len());
     let mut per_subject: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
-    for doc in docs {
-        let ll: Vec<f64> = nll[k..k + doc.choices.len()].iter().map(|x| -x).collect();
-        k += doc.choices.len();
+    for (doc, ll) in docs.iter().zip(&lls) {
         let right = (argmax(&ll) == doc.answer) as u8 as f64;
         let right_norm = (norm_argmax(&ll, &doc.choices) == doc.answer) as u8 as f64;
         if let Some(s) = &doc.subject {
@@ -273,18 +285,18 @@ pub fn score_mc(model: &Model, adapter: Option<&Adapter>, tok: &TextTokenizer, d
             *e = (e.0 + right, e.1 + right_norm, e.2 + 1);
         }
         item_scores.push((right, right_norm));
-        lls.push(ll);
     }
     let n = docs.len().max(1) as f64;
     let subjects = per_subject.into_iter().map(|(s, (a, an, n))| (s, SubjectResult { acc: a / n as f64, acc_norm: an / n as f64, items: n })).collect();
-    Ok(McResult {
+    McResult {
         acc: item_scores.iter().map(|s| s.0).sum::<f64>() / n,
         acc_norm: item_scores.iter().map(|s| s.1).sum::<f64>() / n,
         items: docs.len(),
         subjects,
         loglikelihoods: lls,
         item_scores,
-    })
+        sharing: Sharing::default(),
+    }
 }
 
 #[cfg(test)]

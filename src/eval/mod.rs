@@ -14,6 +14,7 @@ pub mod judge;
 pub mod loss;
 pub mod mc;
 pub mod mc_formats;
+pub mod mc_score;
 pub mod metrics;
 pub mod prompt;
 mod pyrandom;

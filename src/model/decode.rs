@@ -36,12 +36,49 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A cache whose row `i` is a copy of row `rows[i]` of this one: several continuations then run against one
+    /// prefix that was computed once.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let pick = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            match t {
+                Some(t) => {
+                    let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), t.device())?;
+                    Ok(Some(t.index_select(&idx, 0)?))
+                }
+                None => Ok(None),
+            }
+        };
+        ensure!(rows.iter().all(|&r| r < self.next_pos.len()), "select_rows: row out of range");
+        Ok(Self {
+            k: self.k.iter().map(pick).collect::<Result<_>>()?,
+            v: self.v.iter().map(pick).collect::<Result<_>>()?,
+            key_valid: rows.iter().map(|&r| self.key_valid[r].clone()).collect(),
+            key_pos: rows.iter().map(|&r| self.key_pos[r].clone()).collect(),
+            next_pos: rows.iter().map(|&r| self.next_pos[r]).collect(),
+        })
+    }
 }
 
 impl Model {
     /// Runs `ids` (`[B][t]`, the same t for every row; `valid` false marks left padding) after what `cache`
     /// holds, appends their keys and values, and returns the f32 logits of each row's last token, `[B, V]`.
     pub fn decode(&self, ids: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let x = self.decode_layers(ids, valid, cache, adapter)?;
+        let last = x.narrow(1, x.dim(1)? - 1, 1)?;
+        let (h, _) = self.final_hidden(&last)?;
+        self.head_logits(&h)
+    }
+
+    /// As [`Model::decode`], but returns the final-norm hidden state of every new token, `[B·t, H]` (row-major
+    /// by row, then token), for scoring several tokens per row against [`Model::head`].
+    pub fn decode_hidden(&self, ids: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let x = self.decode_layers(ids, valid, cache, adapter)?;
+        Ok(self.final_hidden(&x)?.0)
+    }
+
+    /// The decoder layers over `ids` after what `cache` holds: the last layer's output `[B, t, H]`.
+    fn decode_layers(&self, ids: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
         ensure!(b == cache.next_pos.len() && t > 0 && ids.iter().zip(valid).all(|(r, v)| r.len() == t && v.len() == t), "decode: ragged input");
@@ -71,9 +108,7 @@ impl Model {
             let mask = &masks.iter().find(|(w, _)| *w == window).expect("built above").1;
             x = self.decode_layer(li, &x, &rope, mask, cache, adapter)?;
         }
-        let last = x.narrow(1, t - 1, 1)?;
-        let (h, _) = self.final_hidden(&last)?;
-        self.head_logits(&h)
+        Ok(x)
     }
 
     /// Additive mask `[B, 1, t, T]`: query i (the i-th new token) sees cached keys up to its own place, and no
