@@ -139,8 +139,10 @@ session() {
   step attn_torch python3 "$here/benches/attention_torch.py" >> "$OUT/attention.jsonl" 2>>"$OUT/attention.err"
   step checkpoints bash -c "python3 '$here/benches/make_random_checkpoint.py' --layers $LAYERS '$here/benches/configs/llama-2-7b.json' /tmp/llama7b &&
     python3 '$here/benches/make_random_checkpoint.py' --layers $LAYERS '$here/benches/configs/gemma-2b.json' /tmp/gemma2b" > "$OUT/checkpoints.log" 2>&1
-  step steps bash -c "'$BIN/gpu_step' /tmp/llama7b --steps 3 $LLAMA_RUNS; python3 '$here/benches/gpu_step_peft.py' /tmp/llama7b --steps 3 $LLAMA_RUNS;
-    '$BIN/gpu_step' /tmp/gemma2b --steps 3 $GEMMA_RUNS; python3 '$here/benches/gpu_step_peft.py' /tmp/gemma2b --steps 3 $GEMMA_RUNS" \
+  # Our steps with TRAINER_ATTENTION=auto: cuDNN where it loads (the default is our kernels until this session
+  # has checked cuDNN); the log line says which ran.
+  step steps bash -c "TRAINER_ATTENTION=auto '$BIN/gpu_step' /tmp/llama7b --steps 3 $LLAMA_RUNS; python3 '$here/benches/gpu_step_peft.py' /tmp/llama7b --steps 3 $LLAMA_RUNS;
+    TRAINER_ATTENTION=auto '$BIN/gpu_step' /tmp/gemma2b --steps 3 $GEMMA_RUNS; python3 '$here/benches/gpu_step_peft.py' /tmp/gemma2b --steps 3 $GEMMA_RUNS" \
     > "$OUT/steps.jsonl" 2>"$OUT/steps.err"
   if [ -z "${DRY:-}" ]; then
     grep -h "^test result\|panicked\|FAILED" "$OUT"/tests_*.log | head -20
