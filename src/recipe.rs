@@ -667,7 +667,7 @@ impl Recipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Recipe> {
@@ -706,7 +706,8 @@ mod tests {
         assert!(e.contains("is a list"), "{e}");
     }
 
-    const OK: &str = r#"
+    /// The smallest recipe that loads; other modules' tests build their cases on it too.
+    pub(crate) const OK: &str = r#"
 name = "t"
 output_dir = "out"
 [model]

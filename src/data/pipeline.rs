@@ -474,18 +474,7 @@ mod tests {
         Ok(recipe)
     }
 
-    const RECIPE: &str = r#"
-name = "t"
-output_dir = "out"
-[model]
-path = "m"
-[train]
-lr = [1e-4, 1e-6]
-max_steps = 3
-[[sources]]
-name = "en"
-path = "en.json"
-"#;
+    use crate::recipe::tests::OK as RECIPE;
 
     #[test]
     fn conditions_must_name_defined_sources_and_placeholders() {
