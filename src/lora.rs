@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The seven projections of a decoder layer, in a fixed order.
+/// What LoRA can adapt in a decoder layer: the seven projections of the attention and the dense MLP and, in a
+/// mixture-of-experts layer (Mixtral), the router and each expert's w1 (gate), w2 (down) and w3 (up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Q,
@@ -21,43 +22,104 @@ pub enum Target {
     Gate,
     Up,
     Down,
+    Router,
+    W1,
+    W2,
+    W3,
 }
 
+/// The dense projections, in slot order.
 pub const ALL_TARGETS: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
 
+/// One LoRA per layer for each of these (the dense projections, then the router), indexed by [`Target::index`].
+pub const LAYER_SLOTS: usize = 8;
+pub const SLOT_TARGETS: [Target; LAYER_SLOTS] =
+    [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down, Target::Router];
+
+/// One LoRA per expert for each of these, indexed by [`Target::expert_index`].
+pub const EXPERT_TARGETS: [Target; 3] = [Target::W1, Target::W2, Target::W3];
+
 impl Target {
+    /// The slot of a per-layer target (one of [`SLOT_TARGETS`]).
     pub fn index(self) -> usize {
+        debug_assert!(!self.is_expert(), "{self:?} has one LoRA per expert, not per layer");
         self as usize
     }
 
-    /// The module name in transformers' Llama/Gemma/Qwen2 code (and PEFT's `target_modules`).
+    pub fn is_expert(self) -> bool {
+        matches!(self, Target::W1 | Target::W2 | Target::W3)
+    }
+
+    /// Mixtral's router and experts, which exist only in a mixture-of-experts layer.
+    pub fn is_moe(self) -> bool {
+        self.is_expert() || self == Target::Router
+    }
+
+    /// The slot of an expert target (one of [`EXPERT_TARGETS`]) within an expert.
+    pub fn expert_index(self) -> usize {
+        debug_assert!(self.is_expert());
+        self as usize - Target::W1 as usize
+    }
+
+    /// The module name in transformers' modelling code, which is what PEFT's `target_modules` matches
+    /// (Mixtral's router is the module `gate`).
     pub fn hf_name(self) -> &'static str {
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"][self.index()]
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate", "w1", "w2", "w3"][self as usize]
     }
 
     pub fn block(self) -> &'static str {
         match self {
             Target::Q | Target::K | Target::V | Target::O => "self_attn",
-            _ => "mlp",
+            Target::Gate | Target::Up | Target::Down => "mlp",
+            Target::Router | Target::W1 | Target::W2 | Target::W3 => "block_sparse_moe",
         }
     }
 
-    /// Accepts `q` or `q_proj` (and so on).
+    /// A recipe's name: `q` or `q_proj` (and so on; `gate` is the dense `gate_proj`), `router`, `w1`, `w2`, `w3`.
     pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "router" => return Some(Target::Router),
+            "w1" => return Some(Target::W1),
+            "w2" => return Some(Target::W2),
+            "w3" => return Some(Target::W3),
+            _ => {}
+        }
         let short = s.strip_suffix("_proj").unwrap_or(s);
         ALL_TARGETS.iter().copied().find(|t| t.hf_name().strip_suffix("_proj") == Some(short))
     }
 
-    /// `(in_features, out_features)` of this projection.
+    /// `(in_features, out_features)` of this projection (one expert's, for an expert target).
     pub fn dims(self, cfg: &ModelConfig) -> (usize, usize) {
         let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         match self {
             Target::Q => (h, q),
             Target::K | Target::V => (h, kv),
             Target::O => (q, h),
-            Target::Gate | Target::Up => (h, i),
-            Target::Down => (i, h),
+            Target::Gate | Target::Up | Target::W1 | Target::W3 => (h, i),
+            Target::Down | Target::W2 => (i, h),
+            Target::Router => (h, cfg.moe.map_or(0, |m| m.experts)),
         }
+    }
+}
+
+/// Where one LoRA sits: a layer's projection, or (for an expert target) one expert's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    pub layer: usize,
+    pub target: Target,
+    pub expert: Option<usize>,
+}
+
+impl Site {
+    /// The adapted module's name in the checkpoint, e.g. `model.layers.0.block_sparse_moe.experts.3.w2`.
+    pub fn module(&self) -> String {
+        let expert = self.expert.map(|e| format!("experts.{e}.")).unwrap_or_default();
+        format!("model.layers.{}.{}.{expert}{}", self.layer, self.target.block(), self.target.hf_name())
+    }
+
+    /// The factor's key in PEFT's adapter_model.safetensors (`factor`: "A" or "B").
+    pub fn peft_key(&self, factor: &str) -> String {
+        format!("base_model.model.{}.lora_{factor}.weight", self.module())
     }
 }
 
@@ -86,49 +148,115 @@ impl LoraSpec {
 #[derive(Debug, Clone)]
 pub struct Adapter {
     pub spec: LoraSpec,
-    pub layers: Vec<[Option<LoraFactors>; 7]>,
+    pub layers: Vec<[Option<LoraFactors>; LAYER_SLOTS]>,
+    /// Per layer, per expert, w1/w2/w3's factors by [`Target::expert_index`]; empty vectors when no expert
+    /// target is adapted.
+    pub experts: Vec<Vec<[Option<LoraFactors>; 3]>>,
 }
 
+/// The PEFT key of a per-layer target's factor.
 pub fn peft_key(layer: usize, target: Target, factor: &str) -> String {
-    format!("base_model.model.model.layers.{layer}.{}.{}.lora_{factor}.weight", target.block(), target.hf_name())
+    Site { layer, target, expert: None }.peft_key(factor)
 }
 
-/// Mixtral's MLP is experts + router, which LoRA here does not adapt: only its attention projections can be
-/// targeted.
+/// A target must exist in the model: a mixture-of-experts layer has a router and experts instead of the dense
+/// MLP's projections, and a dense layer has neither.
 fn check_targets(targets: &[Target], cfg: &ModelConfig) -> Result<()> {
-    if cfg.moe.is_some() {
-        if let Some(t) = targets.iter().find(|t| t.block() == "mlp") {
+    let moe = cfg.moe.is_some();
+    if let Some(t) = targets.iter().find(|t| t.block() == if moe { "mlp" } else { "block_sparse_moe" }) {
+        if moe {
             bail!(
-                "LoRA target `{}` does not exist in {}: its MLP is a mixture of experts, and only q_proj, k_proj, \
-                 v_proj and o_proj can be targeted (LoRA on the experts or the router is not supported)",
+                "LoRA target `{}` does not exist in {}: its MLP is a mixture of experts; the targets are q_proj, k_proj, \
+                 v_proj, o_proj, each expert's w1, w2 and w3, and the router (`router` in a recipe, `gate` in PEFT's \
+                 target_modules)",
                 t.hf_name(),
                 cfg.architecture
             );
         }
+        bail!(
+            "LoRA target `{}` exists only in a mixture-of-experts model (Mixtral); {} has q_proj, k_proj, v_proj, \
+             o_proj, gate_proj, up_proj and down_proj",
+            if *t == Target::Router { "router" } else { t.hf_name() },
+            cfg.architecture
+        );
     }
     Ok(())
 }
 
 impl Adapter {
-    /// PEFT's default init: A ~ Kaiming-uniform(a=√5) = U(−1/√in, 1/√in), B = 0, from a seeded ChaCha8 stream.
+    /// PEFT's default init: A ~ Kaiming-uniform(a=√5) = U(−1/√in, 1/√in), B = 0, from a seeded ChaCha8 stream
+    /// (per layer, the targets in order; an expert target draws expert by expert).
     pub fn init(spec: LoraSpec, cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         check_targets(&spec.targets, cfg)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut draw = |t: Target| -> Result<LoraFactors> {
+            let (fan_in, out) = t.dims(cfg);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a: Vec<f32> = (0..spec.r * fan_in).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            Ok(LoraFactors { a: Tensor::from_vec(a, (spec.r, fan_in), device)?, b: Tensor::zeros((out, spec.r), DType::F32, device)? })
+        };
+        let experts_per_layer = if spec.targets.iter().any(|t| t.is_expert()) { cfg.moe.map_or(0, |m| m.experts) } else { 0 };
         let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut experts = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
-            let mut slots: [Option<LoraFactors>; 7] = Default::default();
+            let mut slots: [Option<LoraFactors>; LAYER_SLOTS] = Default::default();
+            let mut per_expert: Vec<[Option<LoraFactors>; 3]> = (0..experts_per_layer).map(|_| Default::default()).collect();
             for &t in &spec.targets {
-                let (fan_in, out) = t.dims(cfg);
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let a: Vec<f32> = (0..spec.r * fan_in).map(|_| rng.random_range(-bound..bound) as f32).collect();
-                slots[t.index()] = Some(LoraFactors {
-                    a: Tensor::from_vec(a, (spec.r, fan_in), device)?,
-                    b: Tensor::zeros((out, spec.r), DType::F32, device)?,
-                });
+                if t.is_expert() {
+                    for e in per_expert.iter_mut() {
+                        e[t.expert_index()] = Some(draw(t)?);
+                    }
+                } else {
+                    slots[t.index()] = Some(draw(t)?);
+                }
             }
             layers.push(slots);
+            experts.push(per_expert);
         }
-        Ok(Self { spec, layers })
+        Ok(Self { spec, layers, experts })
+    }
+
+    /// Every adapted site with its factors, in the fixed order of [`Adapter::tensors`]: per layer, the
+    /// per-layer slots, then expert by expert w1, w2, w3.
+    pub fn sites(&self) -> Vec<(Site, &LoraFactors)> {
+        let mut out = Vec::new();
+        for (layer, slots) in self.layers.iter().enumerate() {
+            for t in SLOT_TARGETS {
+                if let Some(f) = &slots[t.index()] {
+                    out.push((Site { layer, target: t, expert: None }, f));
+                }
+            }
+            for (e, slots) in self.experts.get(layer).into_iter().flatten().enumerate() {
+                for t in EXPERT_TARGETS {
+                    if let Some(f) = &slots[t.expert_index()] {
+                        out.push((Site { layer, target: t, expert: Some(e) }, f));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The factors at every site, mutable, in the order of [`Adapter::sites`].
+    pub fn factors_mut(&mut self) -> Vec<&mut LoraFactors> {
+        let mut out = Vec::new();
+        let mut experts = self.experts.iter_mut();
+        for slots in self.layers.iter_mut() {
+            // Slots are stored in SLOT_TARGETS order.
+            out.extend(slots.iter_mut().flatten());
+            for e in experts.next().into_iter().flatten() {
+                out.extend(e.iter_mut().flatten());
+            }
+        }
+        out
+    }
+
+    /// The factors of a site, if it is adapted.
+    pub fn get(&self, site: Site) -> Option<&LoraFactors> {
+        match site.expert {
+            None => self.layers.get(site.layer)?[site.target.index()].as_ref(),
+            Some(e) => self.experts.get(site.layer)?.get(e)?[site.target.expert_index()].as_ref(),
+        }
     }
 
     /// Reads a PEFT LoRA adapter directory written by PEFT or by [`Adapter::save_peft`].
@@ -138,7 +266,7 @@ impl Adapter {
             .with_context(|| format!("cannot read adapter config {}", config_path.display()))?;
         let json: Value =
             crate::jsonutil::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
-        let spec = spec_from_peft_config(&json).with_context(|| format!("in {}", config_path.display()))?;
+        let spec = spec_from_peft_config(&json, cfg.moe.is_some()).with_context(|| format!("in {}", config_path.display()))?;
         check_targets(&spec.targets, cfg).with_context(|| format!("in {}", config_path.display()))?;
         let weights_path = dir.join("adapter_model.safetensors");
         if !weights_path.is_file() {
@@ -146,37 +274,31 @@ impl Adapter {
         }
         let mut tensors = candle_core::safetensors::load(&weights_path, device)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for layer in 0..cfg.num_layers {
-            let mut slots: [Option<LoraFactors>; 7] = Default::default();
-            for &t in &spec.targets {
-                let (fan_in, out) = t.dims(cfg);
-                let mut take = |factor: &str, shape: [usize; 2]| -> Result<Tensor> {
-                    let key = peft_key(layer, t, factor);
-                    let tensor = tensors
-                        .remove(&key)
-                        .with_context(|| format!("{} is missing tensor `{key}`", weights_path.display()))?;
-                    if tensor.dims() != shape {
-                        bail!("{}: tensor `{key}` has shape {:?}, expected {shape:?}", weights_path.display(), tensor.dims());
-                    }
-                    let tensor = tensor.to_dtype(DType::F32)?;
-                    // A NaN or Inf factor makes every loss NaN: refuse it here, where the tensor can be named.
-                    let values = tensor.flatten_all()?.to_vec1::<f32>()?;
-                    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                        bail!("{}: tensor `{key}` holds {} at flat index {i}: the adapter is broken (a diverged run?)", weights_path.display(), values[i]);
-                    }
-                    Ok(tensor)
-                };
-                let a = take("A", [spec.r, fan_in])?;
-                let b = take("B", [out, spec.r])?;
-                slots[t.index()] = Some(LoraFactors { a, b });
-            }
-            layers.push(slots);
+        // The layout comes from the spec; every factor is then read from the file by its key.
+        let mut adapter = Adapter::init(spec.clone(), cfg, 0, device)?;
+        let sites: Vec<Site> = adapter.sites().into_iter().map(|(s, _)| s).collect();
+        for (site, f) in sites.into_iter().zip(adapter.factors_mut()) {
+            let (fan_in, out) = site.target.dims(cfg);
+            let mut take = |factor: &str, shape: [usize; 2]| -> Result<Tensor> {
+                let key = site.peft_key(factor);
+                let tensor = tensors.remove(&key).with_context(|| format!("{} is missing tensor `{key}`", weights_path.display()))?;
+                if tensor.dims() != shape {
+                    bail!("{}: tensor `{key}` has shape {:?}, expected {shape:?}", weights_path.display(), tensor.dims());
+                }
+                let tensor = tensor.to_dtype(DType::F32)?;
+                // A NaN or Inf factor makes every loss NaN: refuse it here, where the tensor can be named.
+                let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                    bail!("{}: tensor `{key}` holds {} at flat index {i}: the adapter is broken (a diverged run?)", weights_path.display(), values[i]);
+                }
+                Ok(tensor)
+            };
+            *f = LoraFactors { a: take("A", [spec.r, fan_in])?, b: take("B", [out, spec.r])? };
         }
         if let Some(extra) = tensors.keys().min() {
             bail!("{} has tensor `{extra}` that does not belong to a targeted layer of this model", weights_path.display());
         }
-        Ok(Self { spec, layers })
+        Ok(adapter)
     }
 
     /// Writes adapter_config.json and adapter_model.safetensors into `dir`, each through a temporary file that
@@ -185,13 +307,9 @@ impl Adapter {
     pub fn save_peft(&self, dir: &Path, base_model: &str, revision: Option<&str>, dtype: DType) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tensors = HashMap::new();
-        for (layer, slots) in self.layers.iter().enumerate() {
-            for t in ALL_TARGETS {
-                if let Some(f) = &slots[t.index()] {
-                    tensors.insert(peft_key(layer, t, "A"), f.a.to_dtype(dtype)?);
-                    tensors.insert(peft_key(layer, t, "B"), f.b.to_dtype(dtype)?);
-                }
-            }
+        for (site, f) in self.sites() {
+            tensors.insert(site.peft_key("A"), f.a.to_dtype(dtype)?);
+            tensors.insert(site.peft_key("B"), f.b.to_dtype(dtype)?);
         }
         // PEFT writes `{"format": "pt"}`; some loaders (transformers' safe_open checks) expect it.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -225,31 +343,23 @@ impl Adapter {
         })
     }
 
-    /// Every trainable tensor in a fixed order: for each layer, for each target, A then B.
+    /// Every trainable tensor in the order of [`Adapter::sites`], A then B.
     pub fn tensors(&self) -> Vec<&Tensor> {
-        self.layers.iter().flat_map(|s| s.iter().flatten()).flat_map(|f| [&f.a, &f.b]).collect()
+        self.sites().into_iter().flat_map(|(_, f)| [&f.a, &f.b]).collect()
     }
 
     pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
-        self.layers.iter_mut().flat_map(|s| s.iter_mut().flatten()).flat_map(|f| [&mut f.a, &mut f.b]).collect()
+        self.factors_mut().into_iter().flat_map(|f| [&mut f.a, &mut f.b]).collect()
     }
 
     /// PEFT key names in the order of [`Adapter::tensors`].
     pub fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        for (layer, slots) in self.layers.iter().enumerate() {
-            for t in ALL_TARGETS {
-                if slots[t.index()].is_some() {
-                    keys.push(peft_key(layer, t, "A"));
-                    keys.push(peft_key(layer, t, "B"));
-                }
-            }
-        }
-        keys
+        self.sites().into_iter().flat_map(|(s, _)| [s.peft_key("A"), s.peft_key("B")]).collect()
     }
 }
 
-fn spec_from_peft_config(json: &Value) -> Result<LoraSpec> {
+/// `moe`: the model's MLP is a mixture of experts, where PEFT's `gate` is the router.
+fn spec_from_peft_config(json: &Value, moe: bool) -> Result<LoraSpec> {
     let field = |k: &str| json.get(k).filter(|v| !v.is_null());
     if let Some(t) = field("peft_type").and_then(|v| v.as_str()) {
         if t != "LORA" {
@@ -282,7 +392,11 @@ fn spec_from_peft_config(json: &Value) -> Result<LoraSpec> {
     };
     let mut targets = names
         .iter()
-        .map(|n| Target::parse(n).with_context(|| format!("target module `{n}` is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj")))
+        .map(|n| match n.as_str() {
+            "gate" if moe => Ok(Target::Router),
+            "router" => bail!("target module `router` is not a module name; Mixtral's router is `gate`"),
+            _ => Target::parse(n).with_context(|| format!("target module `{n}` is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (dense MLP) or w1, w2, w3, gate (Mixtral's experts and router)")),
+        })
         .collect::<Result<Vec<_>>>()?;
     targets.sort();
     targets.dedup();
@@ -333,7 +447,7 @@ mod tests {
     #[test]
     fn peft_configs_we_cannot_honour_are_refused() {
         let base = json!({"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["q_proj"]});
-        assert_eq!(spec_from_peft_config(&base).unwrap().targets, vec![Target::Q]);
+        assert_eq!(spec_from_peft_config(&base, false).unwrap().targets, vec![Target::Q]);
         for (k, v, needle) in [
             ("use_dora", json!(true), "DoRA"),
             ("target_modules", json!("all-linear"), "pattern"),
@@ -344,7 +458,7 @@ mod tests {
         ] {
             let mut c = base.clone();
             c[k] = v;
-            let e = spec_from_peft_config(&c).unwrap_err().to_string();
+            let e = spec_from_peft_config(&c, false).unwrap_err().to_string();
             assert!(e.contains(needle), "{k}: {e}");
         }
     }
@@ -356,10 +470,10 @@ mod tests {
             "num_local_experts":2,"num_experts_per_tok":1})).unwrap();
         let spec = LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::Q, Target::Down], rslora: false };
         let e = Adapter::init(spec.clone(), &cfg, 0, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("`down_proj`") && e.contains("q_proj, k_proj, v_proj and o_proj"), "{e}");
+        assert!(e.contains("`down_proj`") && e.contains("each expert's w1, w2 and w3, and the router"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let ok = Adapter::init(LoraSpec { targets: vec![Target::Q], ..spec.clone() }, &cfg, 0, &Device::Cpu).unwrap();
-        Adapter { spec: spec.clone(), layers: ok.layers }.save_peft(dir.path(), "base", None, DType::F32).unwrap();
+        Adapter { spec: spec.clone(), layers: ok.layers, experts: ok.experts }.save_peft(dir.path(), "base", None, DType::F32).unwrap();
         let e = format!("{:#}", Adapter::load_peft(dir.path(), &cfg, &Device::Cpu).unwrap_err());
         assert!(e.contains("adapter_config.json") && e.contains("`down_proj`"), "{e}");
     }

@@ -75,11 +75,12 @@ impl Shape {
     }
 
     /// (fan_in, fan_out) of the LoRA-capable projections q, k, v, o, gate, up, down (a MoE layer's gate/up/down
-    /// are one expert's).
-    fn projections(&self) -> [(usize, usize); 7] {
+    /// are one expert's w1/w3/w2) and the router (none in a dense model).
+    fn projections(&self) -> [(usize, usize); 8] {
         let (h, i) = (self.hidden, self.intermediate);
         let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+        let router = if self.experts > 1 { (h, self.experts) } else { (0, 0) };
+        [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h), router]
     }
 
     /// Every parameter of the checkpoint.
@@ -88,18 +89,18 @@ impl Shape {
         let attention: usize = p[..4].iter().map(|(a, b)| a * b).sum::<usize>()
             + if self.qkv_bias { p[0].1 + p[1].1 + p[2].1 } else { 0 }
             + if self.o_bias { self.hidden } else { 0 };
-        let expert: usize = p[4..].iter().map(|(a, b)| a * b).sum::<usize>() + if self.mlp_bias { 2 * self.intermediate + self.hidden } else { 0 };
+        let expert: usize = p[4..7].iter().map(|(a, b)| a * b).sum::<usize>() + if self.mlp_bias { 2 * self.intermediate + self.hidden } else { 0 };
         let router = if self.experts > 1 { self.experts * self.hidden } else { 0 };
         let layer = attention + self.experts * expert + router + 2 * self.hidden;
         let embeddings = self.vocab * self.hidden * if self.tied { 1 } else { 2 };
         (self.layers * layer + embeddings + self.hidden) as u64
     }
 
-    /// LoRA parameters of rank `r` on `targets` (indices into q, k, v, o, gate, up, down) in every layer; MLP
-    /// targets of a MoE layer are adapted in each expert.
+    /// LoRA parameters of rank `r` on `targets` (indices into q, k, v, o, gate, up, down, router) in every
+    /// layer; MLP targets of a MoE layer (w1, w3, w2) are adapted in each expert.
     pub fn lora_parameters(&self, r: usize, targets: &[usize]) -> u64 {
         let p = self.projections();
-        let per_layer: usize = targets.iter().map(|&t| r * (p[t].0 + p[t].1) * if t >= 4 { self.experts } else { 1 }).sum();
+        let per_layer: usize = targets.iter().map(|&t| r * (p[t].0 + p[t].1) * if (4..7).contains(&t) { self.experts } else { 1 }).sum();
         (self.layers * per_layer) as u64
     }
 }
@@ -128,6 +129,18 @@ pub struct MemoryEstimate {
     pub peak_other_setting_bytes: u64,
 }
 
+/// Where a LoRA target sits in [`RunShape::targets`]' list: Mixtral's w1/w3/w2 take the places of the dense
+/// gate/up/down, whose shapes they have.
+pub fn projection_index(t: crate::lora::Target) -> usize {
+    use crate::lora::Target;
+    match t {
+        Target::W1 => Target::Gate.index(),
+        Target::W3 => Target::Up.index(),
+        Target::W2 => Target::Down.index(),
+        t => t.index(),
+    }
+}
+
 /// Inputs of an estimate beside the shape.
 #[derive(Debug, Clone)]
 pub struct RunShape {
@@ -138,6 +151,7 @@ pub struct RunShape {
     pub micro_batch: usize,
     pub seq_len: usize,
     pub lora_r: usize,
+    /// Indices into q, k, v, o, gate, up, down, router; a MoE model's w1, w3, w2 are gate, up, down.
     pub targets: Vec<usize>,
     pub recompute: bool,
 }
@@ -147,8 +161,12 @@ fn layer_cache(s: &Shape, run: &RunShape, n: u64) -> u64 {
     let a = run.dtype_bytes as u64;
     let (h, q, kv) = (s.hidden as u64, (s.heads * s.head_dim) as u64, (s.kv_heads * s.head_dim) as u64);
     let mlp = (s.intermediate * s.experts_per_token) as u64;
-    // x, n1, x1, n2; q (after RoPE), o, its transposed copy o2; k, v; g, u, h; each LoRA branch's x·Aᵀ.
-    let dtype_elems = 4 * h + 3 * q + 2 * kv + 3 * mlp + (run.lora_r * run.targets.len()) as u64;
+    // x, n1, x1, n2; q (after RoPE), o, its transposed copy o2; k, v; g, u, h; each LoRA branch's x·Aᵀ (an
+    // expert's for each of the token's experts).
+    let lora: usize = run.targets.iter().map(|&t| run.lora_r * if (4..7).contains(&t) { s.experts_per_token } else { 1 }).sum();
+    // A MoE layer keeps each expert's activation too when w2 has LoRA (its factor gradient needs w2's input).
+    let w2_input = if s.experts > 1 && run.targets.contains(&6) { mlp } else { 0 };
+    let dtype_elems = 4 * h + 3 * q + 2 * kv + 3 * mlp + w2_input + lora as u64;
     // Two norms' 1/rms and the attention's log-sum-exp per head, in f32.
     let f32_elems = 2 + s.heads as u64;
     n * (a * dtype_elems + 4 * f32_elems)

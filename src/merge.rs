@@ -4,7 +4,7 @@
 
 use crate::checkpoint::{self, ModelFiles};
 use crate::config::ModelConfig;
-use crate::lora::{Adapter, Target, ALL_TARGETS};
+use crate::lora::Adapter;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, TensorView, View};
@@ -46,11 +46,6 @@ impl View for &Out<'_> {
     }
 }
 
-/// The checkpoint name of a targeted projection's weight.
-fn weight_name(layer: usize, t: Target) -> String {
-    format!("model.layers.{layer}.{}.{}.weight", t.block(), t.hf_name())
-}
-
 /// What was merged, for the command's summary.
 pub struct MergeSummary {
     pub merged: usize,
@@ -76,12 +71,8 @@ pub fn merge(model: &str, adapter_dir: &Path, out: &Path, force: bool) -> Result
     // Every targeted weight → its delta scale·B·A (f32).
     let scale = adapter.spec.scale();
     let mut deltas: HashMap<String, (Tensor, bool)> = HashMap::new();
-    for (layer, slots) in adapter.layers.iter().enumerate() {
-        for t in ALL_TARGETS {
-            if let Some(f) = &slots[t.index()] {
-                deltas.insert(weight_name(layer, t), ((f.b.matmul(&f.a)? * scale)?, false));
-            }
-        }
+    for (site, f) in adapter.sites() {
+        deltas.insert(format!("{}.weight", site.module()), ((f.b.matmul(&f.a)? * scale)?, false));
     }
     let mut summary = MergeSummary { merged: 0, copied: 0, files: Vec::new() };
     for path in &files.weights {

@@ -224,7 +224,7 @@ impl LoraSection {
         let mut targets = match &self.targets {
             Some(names) => names
                 .iter()
-                .map(|n| Target::parse(n).with_context(|| format!("[lora] targets: `{n}` is not one of q, k, v, o, gate, up, down")))
+                .map(|n| Target::parse(n).with_context(|| format!("[lora] targets: `{n}` is not one of q, k, v, o, gate, up, down (dense MLP) or router, w1, w2, w3 (Mixtral's router and experts)")))
                 .collect::<Result<Vec<_>>>()?,
             None => vec![Target::Q, Target::K, Target::V],
         };

@@ -101,12 +101,8 @@ pub fn random_model(config: serde_json::Value, seed: u64) -> Model {
 pub fn random_adapter(model: &Model, targets: &[Target], r: usize, seed: u64) -> Adapter {
     let spec = LoraSpec { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: targets.to_vec(), rslora: false };
     let mut a = Adapter::init(spec, &model.cfg, seed, &Device::Cpu).unwrap();
-    for (li, slots) in a.layers.iter_mut().enumerate() {
-        for (ti, slot) in slots.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                *f = LoraFactors { a: f.a.clone(), b: randn(seed + (li * 10 + ti) as u64, f.b.dims(), 0.2) };
-            }
-        }
+    for (i, f) in a.factors_mut().into_iter().enumerate() {
+        *f = LoraFactors { a: f.a.clone(), b: randn(seed + i as u64, f.b.dims(), 0.2) };
     }
     a
 }

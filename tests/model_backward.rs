@@ -28,12 +28,10 @@ fn explicit_grads(model: &Model, adapter: &Adapter, examples: &[trainer::data::b
 fn autograd_grads(model: &Model, adapter: &Adapter, examples: &[trainer::data::batch::Example]) -> (f64, Vec<Tensor>) {
     let mut vars = Vec::new();
     let mut with_vars = adapter.clone();
-    for slots in with_vars.layers.iter_mut() {
-        for f in slots.iter_mut().flatten() {
-            let (a, b) = (Var::from_tensor(&f.a).unwrap(), Var::from_tensor(&f.b).unwrap());
-            *f = LoraFactors { a: a.as_tensor().clone(), b: b.as_tensor().clone() };
-            vars.extend([a, b]);
-        }
+    for f in with_vars.factors_mut() {
+        let (a, b) = (Var::from_tensor(&f.a).unwrap(), Var::from_tensor(&f.b).unwrap());
+        *f = LoraFactors { a: a.as_tensor().clone(), b: b.as_tensor().clone() };
+        vars.extend([a, b]);
     }
     let b = batch(examples);
     let loss = model.loss_tensor(&b, Some(&with_vars)).unwrap();
@@ -45,6 +43,7 @@ fn autograd_grads(model: &Model, adapter: &Adapter, examples: &[trainer::data::b
 #[test]
 fn explicit_backward_matches_autograd_for_every_family() {
     let attention = [Target::Q, Target::K, Target::V, Target::O];
+    let moe_targets = [Target::Q, Target::V, Target::Router, Target::W1, Target::W2, Target::W3];
     let families = [
         ("llama", llama_config(), &ALL_TARGETS[..]),
         ("gemma", gemma_config(), &ALL_TARGETS[..]),
@@ -53,9 +52,10 @@ fn explicit_backward_matches_autograd_for_every_family() {
         ("llama3", llama3_config(), &ALL_TARGETS[..]),
         ("mistral", mistral_config(), &ALL_TARGETS[..]),
         ("qwen3", qwen3_config(), &ALL_TARGETS[..]),
-        // Mixtral's LoRA is on attention only; its gradient reaches every layer's attention through the frozen
-        // experts and the routing weights of the layers above.
+        // Mixtral with LoRA on attention only: its gradient reaches every layer's attention through the frozen
+        // experts and the routing weights of the layers above. Then on the router and every expert's w1/w2/w3 too.
         ("mixtral", mixtral_config(), &attention[..]),
+        ("mixtral experts", mixtral_config(), &moe_targets[..]),
     ];
     for (name, config, targets) in families {
         let model = random_model(config, 1);
@@ -88,17 +88,20 @@ fn micro_batches_accumulate_the_full_batch_gradient() {
 
 #[test]
 fn recomputation_reproduces_gradients_including_dropout() {
-    let model = random_model(gemma_config(), 3);
-    let adapter = random_adapter(&model, &ALL_TARGETS, 2, 7);
-    let examples = random_examples(4, 40, 11);
-    let (_, kept) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.1, false));
-    let (_, recomputed) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.1, true));
-    for (g, w) in recomputed.iter().zip(&kept) {
-        assert_close("recompute", g, w, 0.0, 0.0);
+    let moe_targets = [Target::Q, Target::Router, Target::W1, Target::W2, Target::W3];
+    for (name, config, targets) in [("gemma", gemma_config(), &ALL_TARGETS[..]), ("mixtral experts", mixtral_config(), &moe_targets[..])] {
+        let model = random_model(config, 3);
+        let adapter = random_adapter(&model, targets, 2, 7);
+        let examples = random_examples(4, 40, 11);
+        let (_, kept) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.1, false));
+        let (_, recomputed) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.1, true));
+        for (g, w) in recomputed.iter().zip(&kept) {
+            assert_close(&format!("{name} recompute"), g, w, 0.0, 0.0);
+        }
+        // Dropout really is applied: the gradient differs from the dropout-free one.
+        let (_, no_dropout) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.0, false));
+        assert!(kept.iter().zip(&no_dropout).any(|(a, b)| max_diff(a, b).0 > 1e-4), "{name}");
     }
-    // Dropout really is applied: the gradient differs from the dropout-free one.
-    let (_, no_dropout) = explicit_grads(&model, &adapter, &examples, 2, ctx(0.0, false));
-    assert!(kept.iter().zip(&no_dropout).any(|(a, b)| max_diff(a, b).0 > 1e-4));
 }
 
 #[test]

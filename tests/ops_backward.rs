@@ -337,9 +337,9 @@ fn moe_backward_matches_autograd_through_experts_and_routing() {
         y_ref = (y_ref + out.broadcast_mul(&weights.narrow(1, j, 1).unwrap()).unwrap()).unwrap();
     }
     let grads = weighted_sum(&y_ref, &r).backward().unwrap();
-    let (y, saved) = moe::forward(&x.as_tensor().detach(), &w, k, Activation::Silu).unwrap();
+    let (y, saved) = moe::forward(&x.as_tensor().detach(), &w, k, Activation::Silu, None).unwrap();
     assert_close("moe forward", &y, &y_ref, REL, ABS);
-    let dx = moe::backward(&r, &w, &saved, Activation::Silu).unwrap();
+    let (dx, _) = moe::backward(&r, &x.as_tensor().detach(), &w, &saved, Activation::Silu, None).unwrap();
     let want = grads.get(&x).unwrap();
     assert_close("moe dx", &dx, want, REL, ABS);
     // The routing path carries real gradient: without it (weights held constant) dx is clearly different.
@@ -353,4 +353,88 @@ fn moe_backward_matches_autograd_through_experts_and_routing() {
     }
     let no_routing = weighted_sum(&y_held, &r).backward().unwrap();
     assert!(common::max_diff(no_routing.get(&x).unwrap(), want).0 > 1e-2, "routing gradient is negligible: the check would be vacuous");
+}
+
+/// `x Wᵀ + s · (x Aᵀ) Bᵀ`, the LoRA linear written out for the independent references below.
+fn lora_linear_ref(x: &Tensor, w: &Tensor, f: &LoraFactors, s: f64) -> Tensor {
+    let base = x.matmul(&w.t().unwrap()).unwrap();
+    (base + (x.matmul(&f.a.t().unwrap()).unwrap().matmul(&f.b.t().unwrap()).unwrap() * s).unwrap()).unwrap()
+}
+
+/// LoRA on Mixtral's router and on every expert's w1/w2/w3: the forward against an independent dense composite
+/// (every expert on every token, weighted by the renormalised top-k softmax of the adapted router), and the
+/// explicit backward's dx and every factor gradient against autograd over the forward, with and without dropout.
+#[test]
+fn moe_lora_backward_matches_autograd_on_router_and_every_expert() {
+    use trainer::ops::dropout::DropoutKey;
+    use trainer::ops::moe::{self, Expert, MoeLora, MoeWeights};
+    let (n, h, i, e, k, r, scale) = (11, 16, 12, 4, 2, 3, 1.5);
+    let w = MoeWeights {
+        router: randn(70, &[e, h], 0.6),
+        experts: (0..e as u64).map(|j| Expert { w1: randn(71 + 3 * j, &[i, h], 0.3), w3: randn(72 + 3 * j, &[i, h], 0.3), w2: randn(73 + 3 * j, &[h, i], 0.3) }).collect(),
+    };
+    let factor = |seed: u64, out: usize, inp: usize| (Var::from_tensor(&randn(seed, &[r, inp], 0.3)).unwrap(), Var::from_tensor(&randn(seed + 1, &[out, r], 0.3)).unwrap());
+    let router_vars = factor(90, e, h);
+    // Per expert: w1 (h→i), w2 (i→h), w3 (h→i), in Target::expert_index order.
+    let expert_vars: Vec<[(Var, Var); 3]> = (0..e as u64).map(|j| [factor(100 + 6 * j, i, h), factor(102 + 6 * j, h, i), factor(104 + 6 * j, i, h)]).collect();
+    let as_factors = |(a, b): &(Var, Var), detach: bool| {
+        let t = |v: &Var| if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
+        LoraFactors { a: t(a), b: t(b) }
+    };
+    let r_out = randn(81, &[n, h], 1.0);
+    for dropout in [None, Some(0.3)] {
+        let key = dropout.map(|p| (DropoutKey { seed: 5, step: 1, micro: 0, layer: 2, module: 0 }, p));
+        let x = Var::from_tensor(&randn(80, &[n, h], 1.0)).unwrap();
+        let build = |detach: bool| (as_factors(&router_vars, detach), expert_vars.iter().map(|fs| fs.each_ref().map(|f| Some(as_factors(f, detach)))).collect::<Vec<_>>());
+        // Autograd over the forward itself (its masks, its routing).
+        let (router_f, experts_f) = build(false);
+        let lora = MoeLora { router: Some(&router_f), experts: &experts_f, scale, dropout: key };
+        let (y, _) = moe::forward(x.as_tensor(), &w, k, Activation::Silu, Some(lora)).unwrap();
+        let auto = weighted_sum(&y, &r_out).backward().unwrap();
+        // The explicit backward.
+        let (router_d, experts_d) = build(true);
+        let lora = MoeLora { router: Some(&router_d), experts: &experts_d, scale, dropout: key };
+        let x0 = x.as_tensor().detach();
+        let (y0, saved) = moe::forward(&x0, &w, k, Activation::Silu, Some(lora)).unwrap();
+        let (dx, grads) = moe::backward(&r_out, &x0, &w, &saved, Activation::Silu, Some(lora)).unwrap();
+        let tag = if dropout.is_some() { "dropout" } else { "no dropout" };
+        assert_close(&format!("moe+lora dx ({tag})"), &dx, auto.get(&x).unwrap(), REL, ABS);
+        let g = grads.router.expect("the router's LoRA gets a gradient");
+        assert_close(&format!("router dA ({tag})"), &g.da, auto.get(&router_vars.0).unwrap(), REL, ABS);
+        assert_close(&format!("router dB ({tag})"), &g.db, auto.get(&router_vars.1).unwrap(), REL, ABS);
+        assert_eq!(grads.experts.len(), 3 * e, "every expert is chosen by some token, so each of its three LoRAs gets a gradient");
+        for (j, slot, g) in &grads.experts {
+            let (a, b) = &expert_vars[*j][*slot];
+            assert_close(&format!("expert {j} slot {slot} dA ({tag})"), &g.da, auto.get(a).unwrap(), REL, ABS);
+            assert_close(&format!("expert {j} slot {slot} dB ({tag})"), &g.db, auto.get(b).unwrap(), REL, ABS);
+        }
+        if dropout.is_some() {
+            continue;
+        }
+        // Independent dense reference (no dropout): the adapted router's softmax, top-k mask, renormalised.
+        let xt = x.as_tensor().detach();
+        let probs = candle_nn::ops::softmax(&lora_linear_ref(&xt, &w.router, &router_d, scale), D::Minus1).unwrap();
+        let mut mask = vec![0f32; n * e];
+        for (t, row) in probs.to_vec2::<f32>().unwrap().iter().enumerate() {
+            let mut idx: Vec<usize> = (0..e).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            for &j in &idx[..k] {
+                mask[t * e + j] = 1.0;
+            }
+        }
+        let picked = probs.mul(&Tensor::from_vec(mask, (n, e), &Device::Cpu).unwrap()).unwrap();
+        let weights = picked.broadcast_div(&picked.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        let mut y_ref = xt.zeros_like().unwrap();
+        for (j, ex) in w.experts.iter().enumerate() {
+            let [f1, f2, f3] = experts_d[j].each_ref().map(|f| f.as_ref().unwrap());
+            let hidden = silu_ref(&lora_linear_ref(&xt, &ex.w1, f1, scale)).mul(&lora_linear_ref(&xt, &ex.w3, f3, scale)).unwrap();
+            let out = lora_linear_ref(&hidden, &ex.w2, f2, scale);
+            y_ref = (y_ref + out.broadcast_mul(&weights.narrow(1, j, 1).unwrap()).unwrap()).unwrap();
+        }
+        assert_close("moe+lora forward", &y0, &y_ref, REL, ABS);
+        // The router's LoRA matters to the routing itself: without it some token picks other experts.
+        let plain = candle_nn::ops::softmax(&xt.matmul(&w.router.t().unwrap()).unwrap(), D::Minus1).unwrap();
+        let top = |p: &Tensor| p.to_vec2::<f32>().unwrap().iter().map(|row| { let mut idx: Vec<usize> = (0..e).collect(); idx.sort_by(|&a, &b| row[b].total_cmp(&row[a])); idx.truncate(k); idx.sort(); idx }).collect::<Vec<_>>();
+        assert_ne!(top(&plain), top(&probs), "the router's LoRA should change some token's experts, or routing through it goes untested");
+    }
 }

@@ -158,7 +158,7 @@ impl Model {
     ) -> Result<(Tensor, MlpSaved)> {
         let cfg = &self.cfg;
         if let (Some(w), Some(m)) = (&self.layers[li].moe, cfg.moe) {
-            let (y, saved) = moe::forward(n2, w, m.top_k, cfg.activation)?;
+            let (y, saved) = moe::forward(n2, w, m.top_k, cfg.activation, self.moe_lora(li, adapter, dropout))?;
             return Ok((y, MlpSaved::Moe(saved)));
         }
         let g = self.project(li, Target::Gate, n2, adapter, dropout, lora)?;
@@ -166,6 +166,18 @@ impl Model {
         let h = activation::forward(&g, &u, cfg.activation)?;
         let y = self.project(li, Target::Down, &h, adapter, dropout, lora)?;
         Ok((y, MlpSaved::Dense { g, u, h }))
+    }
+
+    /// The LoRA of layer `li`'s router and experts, if the adapter has any.
+    fn moe_lora<'a>(&self, li: usize, adapter: Option<&'a Adapter>, dropout: Option<StepCtx>) -> Option<moe::MoeLora<'a>> {
+        let a = adapter?;
+        let router = a.layers[li][Target::Router.index()].as_ref();
+        let experts = a.experts.get(li).map_or(&[][..], |e| &e[..]);
+        if router.is_none() && experts.is_empty() {
+            return None;
+        }
+        let dropout = dropout.map(|ctx| (Model::dropout_key(ctx, li, Target::Router), ctx.dropout));
+        Some(moe::MoeLora { router, experts, scale: a.spec.scale(), dropout })
     }
 
     /// Backward through projection `t`: returns its input gradient, adding LoRA gradients into `grads`.
@@ -176,7 +188,9 @@ impl Model {
             (Target::O, _) => &c.o2,
             (Target::Gate | Target::Up, _) => &c.n2,
             (Target::Down, MlpSaved::Dense { h, .. }) => h,
-            (Target::Down, MlpSaved::Moe(_)) => unreachable!("a MoE layer has no down projection"),
+            (Target::Down, MlpSaved::Moe(_)) | (Target::Router | Target::W1 | Target::W2 | Target::W3, _) => {
+                unreachable!("a MoE layer's router and experts have their own backward")
+            }
         };
         let lora = match (&adapter.layers[li][t.index()], &c.lora[t.index()]) {
             (Some(f), Some(saved)) => Some((f, adapter.spec.scale(), saved)),
@@ -206,7 +220,14 @@ impl Model {
             }
             MlpSaved::Moe(saved) => {
                 let w = lw.moe.as_ref().expect("a MoE cache comes from a MoE layer");
-                moe::backward(&dy2, w, saved, cfg.activation)?
+                let (dn2, g) = moe::backward(&dy2, &c.n2, w, saved, cfg.activation, self.moe_lora(li, Some(adapter), None))?;
+                if let Some(g) = g.router {
+                    grads.accumulate(li, Target::Router, g)?;
+                }
+                for (e, slot, g) in g.experts {
+                    grads.accumulate_expert(li, e, slot, g)?;
+                }
+                dn2
             }
         };
         let dx1 = rmsnorm::backward_add(&dn2.reshape(dy.shape())?, &c.x1, &lw.post_norm, cfg.norm_weight_offset, &c.rstd2, dy)?;

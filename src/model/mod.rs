@@ -12,7 +12,7 @@ pub use decode::KvCache;
 use crate::checkpoint::{Checkpoint, ModelFiles};
 use crate::config::ModelConfig;
 use crate::data::batch::Batch;
-use crate::lora::{Adapter, Target, ALL_TARGETS};
+use crate::lora::{Adapter, Site, Target, ALL_TARGETS, LAYER_SLOTS};
 use crate::ops::dropout::DropoutKey;
 use crate::ops::linear::{Frozen, LoraGrads};
 use crate::ops::{attention, cross_entropy, rmsnorm, rope::RopeTables};
@@ -60,34 +60,51 @@ pub struct StepCtx {
 
 /// LoRA gradients, shaped like the adapter, accumulated over micro-batches.
 pub struct Grads {
-    pub layers: Vec<[Option<LoraGrads>; 7]>,
+    pub layers: Vec<[Option<LoraGrads>; LAYER_SLOTS]>,
+    /// Per layer, per expert, w1/w2/w3 (grown as experts receive gradients).
+    pub experts: Vec<Vec<[Option<LoraGrads>; 3]>>,
+}
+
+fn add_into(slot: &mut Option<LoraGrads>, g: LoraGrads) -> Result<()> {
+    *slot = Some(match slot.take() {
+        Some(acc) => LoraGrads { da: acc.da.add(&g.da)?, db: acc.db.add(&g.db)? },
+        None => g,
+    });
+    Ok(())
 }
 
 impl Grads {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: (0..num_layers).map(|_| Default::default()).collect() }
+        Self { layers: (0..num_layers).map(|_| Default::default()).collect(), experts: (0..num_layers).map(|_| Vec::new()).collect() }
     }
 
     fn accumulate(&mut self, layer: usize, target: Target, g: LoraGrads) -> Result<()> {
-        let slot = &mut self.layers[layer][target.index()];
-        *slot = Some(match slot.take() {
-            Some(acc) => LoraGrads { da: acc.da.add(&g.da)?, db: acc.db.add(&g.db)? },
-            None => g,
-        });
-        Ok(())
+        add_into(&mut self.layers[layer][target.index()], g)
     }
 
-    /// Gradients in the order of [`Adapter::tensors`]; slots that received none are zeros.
+    fn accumulate_expert(&mut self, layer: usize, expert: usize, slot: usize, g: LoraGrads) -> Result<()> {
+        let experts = &mut self.experts[layer];
+        if experts.len() <= expert {
+            experts.resize_with(expert + 1, Default::default);
+        }
+        add_into(&mut experts[expert][slot], g)
+    }
+
+    fn get(&self, site: Site) -> Option<&LoraGrads> {
+        match site.expert {
+            None => self.layers[site.layer][site.target.index()].as_ref(),
+            Some(e) => self.experts[site.layer].get(e)?[site.target.expert_index()].as_ref(),
+        }
+    }
+
+    /// Gradients in the order of [`Adapter::tensors`]; sites that received none (an expert no token chose) are
+    /// zeros.
     pub fn tensors(&self, adapter: &Adapter) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
-        for (layer, slots) in adapter.layers.iter().enumerate() {
-            for t in ALL_TARGETS {
-                if let Some(f) = &slots[t.index()] {
-                    match &self.layers[layer][t.index()] {
-                        Some(g) => out.extend([g.da.clone(), g.db.clone()]),
-                        None => out.extend([f.a.zeros_like()?, f.b.zeros_like()?]),
-                    }
-                }
+        for (site, f) in adapter.sites() {
+            match self.get(site) {
+                Some(g) => out.extend([g.da.clone(), g.db.clone()]),
+                None => out.extend([f.a.zeros_like()?, f.b.zeros_like()?]),
             }
         }
         Ok(out)

@@ -2,12 +2,15 @@
 //! sum of those experts' gated MLPs weighted by the router's softmax renormalised over the chosen k
 //! (transformers' `MixtralTopKRouter`: softmax over all experts in f32, top-k, divide by their sum).
 //!
-//! The experts and the router are frozen. Backward returns the input gradient along both paths: through the
-//! chosen experts, and through the routing weights into the router's logits (which is how attention's LoRA
-//! below sees the routing). Router auxiliary loss is not computed (PEFT LoRA with output_router_logits=False).
+//! The experts and the router are frozen; each may carry LoRA (PEFT's `gate` on the router, `w1`/`w2`/`w3` on
+//! every expert, as transformers 4 named Mixtral's modules), applied exactly as on a dense projection: an
+//! expert's LoRA sees only the tokens routed to it. Backward returns the input gradient along both paths (through
+//! the chosen experts, and through the routing weights into the router's logits) and the LoRA gradients. Router
+//! auxiliary loss is not computed (PEFT LoRA with output_router_logits=False).
 
 use super::activation;
-use super::gemm::matmul;
+use super::dropout::DropoutKey;
+use super::linear::{self, Frozen, LoraApply, LoraFactors, LoraGrads, LoraSaved};
 use crate::config::Activation;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -25,6 +28,49 @@ pub struct MoeWeights {
     pub experts: Vec<Expert>,
 }
 
+/// The LoRA of one MoE layer.
+#[derive(Clone, Copy)]
+pub struct MoeLora<'a> {
+    pub router: Option<&'a LoraFactors>,
+    /// Per expert, w1/w2/w3 (by `Target::expert_index`); empty when no expert is adapted.
+    pub experts: &'a [[Option<LoraFactors>; 3]],
+    pub scale: f64,
+    /// The layer's dropout: the router draws its mask with `module` 7, expert `e`'s w1/w2/w3 with
+    /// `8 + 3e + slot`, so every adapted module has its own mask as in PEFT.
+    pub dropout: Option<(DropoutKey, f64)>,
+}
+
+impl<'a> MoeLora<'a> {
+    fn key(&self, module: u64) -> Option<(DropoutKey, f64)> {
+        self.dropout.map(|(k, p)| (DropoutKey { module, ..k }, p))
+    }
+
+    fn router(&self) -> Option<LoraApply<'a>> {
+        self.router.map(|factors| LoraApply { factors, scale: self.scale, dropout: self.key(7) })
+    }
+
+    fn expert(&self, e: usize, slot: usize) -> Option<LoraApply<'a>> {
+        let factors = self.experts.get(e)?[slot].as_ref()?;
+        Some(LoraApply { factors, scale: self.scale, dropout: self.key(8 + 3 * e as u64 + slot as u64) })
+    }
+
+    fn factors(&self, e: usize, slot: usize) -> Option<&'a LoraFactors> {
+        self.experts.get(e)?[slot].as_ref()
+    }
+}
+
+/// The LoRA gradients of one MoE layer, shaped like [`MoeLora`].
+#[derive(Default)]
+pub struct MoeGrads {
+    pub router: Option<LoraGrads>,
+    /// `(expert, slot, gradients)` for each adapted expert projection that saw tokens.
+    pub experts: Vec<(usize, usize, LoraGrads)>,
+}
+
+fn frozen(w: &Tensor) -> Frozen {
+    Frozen { w: w.clone(), b: None }
+}
+
 /// What one expert computed for the tokens routed to it.
 struct Routed {
     /// Token rows (u32 `[n]`) and which of each token's k slots chose this expert.
@@ -32,8 +78,12 @@ struct Routed {
     slots: Vec<usize>,
     g: Tensor,
     u: Tensor,
+    /// The activation, kept when w2 has LoRA (its factor gradient needs w2's input).
+    h: Option<Tensor>,
     /// The expert's output before weighting, `[n, H]`.
     out: Tensor,
+    /// w1/w2/w3's LoRA state.
+    lora: [Option<LoraSaved>; 3],
 }
 
 /// What backward needs.
@@ -44,6 +94,7 @@ pub struct MoeSaved {
     chosen: Vec<Vec<usize>>,
     weights: Vec<Vec<f32>>,
     routed: Vec<Option<Routed>>,
+    router_lora: Option<LoraSaved>,
 }
 
 /// Top-k of one row, as `torch.topk`: descending values, ties to the lower index.
@@ -56,10 +107,11 @@ fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 
 /// `x`: `[N, H]`. Returns `(y [N, H], saved)`. Written in differentiable Candle ops given the (discrete) choice
 /// of experts, so that autograd over it is the oracle of [`backward`].
-pub fn forward(x: &Tensor, w: &MoeWeights, k: usize, act: Activation) -> Result<(Tensor, MoeSaved)> {
+pub fn forward(x: &Tensor, w: &MoeWeights, k: usize, act: Activation, lora: Option<MoeLora>) -> Result<(Tensor, MoeSaved)> {
     let (n, _) = x.dims2()?;
     let e = w.experts.len();
-    let logits = matmul(x, &w.router.t()?)?.to_dtype(DType::F32)?;
+    let (logits, router_lora) = linear::forward(x, &frozen(&w.router), lora.and_then(|l| l.router()))?;
+    let logits = logits.to_dtype(DType::F32)?;
     // The composite softmax (not the fused last-dim kernel, which autograd cannot see through).
     let probs_t = candle_nn::ops::softmax(&logits, D::Minus1)?;
     let probs = probs_t.flatten_all()?.to_vec1::<f32>()?;
@@ -92,26 +144,35 @@ pub fn forward(x: &Tensor, w: &MoeWeights, k: usize, act: Activation) -> Result<
         let len = rows.len();
         let rows = Tensor::from_vec(rows, len, x.device())?;
         let xe = x.index_select(&rows, 0)?;
-        let g = matmul(&xe, &ex.w1.t()?)?;
-        let u = matmul(&xe, &ex.w3.t()?)?;
+        let adapter = |slot| lora.and_then(|l| l.expert(ei, slot));
+        let (g, s1) = linear::forward(&xe, &frozen(&ex.w1), adapter(0))?;
+        let (u, s3) = linear::forward(&xe, &frozen(&ex.w3), adapter(2))?;
         let h = activation::forward(&g, &u, act)?;
-        let out = matmul(&h, &ex.w2.t()?)?;
+        let (out, s2) = linear::forward(&h, &frozen(&ex.w2), adapter(1))?;
         let we = flat_w.index_select(&Tensor::from_vec(flat, len, x.device())?, 0)?.unsqueeze(1)?;
         let ye = out.to_dtype(DType::F32)?.broadcast_mul(&we)?.to_dtype(x.dtype())?;
         y = y.index_add(&rows, &ye, 0)?;
-        routed.push(Some(Routed { rows, slots, g, u, out }));
+        let h = s2.is_some().then_some(h);
+        routed.push(Some(Routed { rows, slots, g, u, h, out, lora: [s1, s2, s3] }));
     }
-    Ok((y, MoeSaved { probs, chosen, weights, routed }))
+    Ok((y, MoeSaved { probs, chosen, weights, routed, router_lora }))
 }
 
-/// `dy`: `[N, H]`; returns `dx` `[N, H]` through the experts and through the routing weights.
-pub fn backward(dy: &Tensor, w: &MoeWeights, saved: &MoeSaved, act: Activation) -> Result<Tensor> {
+fn with<'a>(f: Option<&'a LoraFactors>, saved: &'a Option<LoraSaved>, scale: f64) -> Option<(&'a LoraFactors, f64, &'a LoraSaved)> {
+    f.zip(saved.as_ref()).map(|(f, s)| (f, scale, s))
+}
+
+/// `dy`: `[N, H]`, `x`: the forward's input. Returns `dx` `[N, H]` through the experts and through the routing
+/// weights, and the LoRA gradients.
+pub fn backward(dy: &Tensor, x: &Tensor, w: &MoeWeights, saved: &MoeSaved, act: Activation, lora: Option<MoeLora>) -> Result<(Tensor, MoeGrads)> {
     let (n, _) = dy.dims2()?;
     let e = w.experts.len();
     let mut dx = dy.zeros_like()?;
+    let mut grads = MoeGrads::default();
+    let scale = lora.map_or(0.0, |l| l.scale);
     // d loss / d weight[t][slot], filled expert by expert.
     let mut dweights: Vec<Vec<f32>> = saved.weights.iter().map(|r| vec![0.0; r.len()]).collect();
-    for (ex, r) in w.experts.iter().zip(&saved.routed) {
+    for (ei, (ex, r)) in w.experts.iter().zip(&saved.routed).enumerate() {
         let Some(r) = r else { continue };
         let dye = dy.index_select(&r.rows, 0)?;
         let rows = r.rows.to_vec1::<u32>()?;
@@ -124,10 +185,22 @@ pub fn backward(dy: &Tensor, w: &MoeWeights, saved: &MoeSaved, act: Activation) 
             dweights[t as usize][s] = d;
         }
         let dout = dye_f.broadcast_mul(&we)?.to_dtype(dy.dtype())?;
-        let dh = matmul(&dout, &ex.w2)?;
+        let factors = |slot| lora.and_then(|l| l.factors(ei, slot));
+        let h = match &r.h {
+            Some(h) => h.clone(),
+            None => activation::forward(&r.g, &r.u, act)?,
+        };
+        let (dh, g2) = linear::backward(&dout, &h, &frozen(&ex.w2), with(factors(1), &r.lora[1], scale))?;
         let (dg, du) = activation::backward(&dh, &r.g, &r.u, act)?;
-        let dxe = matmul(&dg, &ex.w1)?.add(&matmul(&du, &ex.w3)?)?;
-        dx = dx.index_add(&r.rows, &dxe, 0)?;
+        let xe = x.index_select(&r.rows, 0)?;
+        let (dx1, g1) = linear::backward(&dg, &xe, &frozen(&ex.w1), with(factors(0), &r.lora[0], scale))?;
+        let (dx3, g3) = linear::backward(&du, &xe, &frozen(&ex.w3), with(factors(2), &r.lora[2], scale))?;
+        dx = dx.index_add(&r.rows, &dx1.add(&dx3)?, 0)?;
+        for (slot, g) in [(0, g1), (1, g2), (2, g3)] {
+            if let Some(g) = g {
+                grads.experts.push((ei, slot, g));
+            }
+        }
     }
     // Routing: w_i = p_i / S over the chosen i (S = Σ chosen p), p = softmax(logits).
     // dp_i = (dw_i − Σ_j w_j dw_j) / S on chosen experts, 0 elsewhere; dlogits = p ⊙ (dp − ⟨p, dp⟩).
@@ -147,6 +220,7 @@ pub fn backward(dy: &Tensor, w: &MoeWeights, saved: &MoeSaved, act: Activation) 
         }
     }
     let dlogits = Tensor::from_vec(dlogits, (n, e), dy.device())?.to_dtype(dy.dtype())?;
-    dx.add(&matmul(&dlogits, &w.router)?)
+    let (dxr, gr) = linear::backward(&dlogits, x, &frozen(&w.router), with(lora.and_then(|l| l.router), &saved.router_lora, scale))?;
+    grads.router = gr;
+    Ok((dx.add(&dxr)?, grads))
 }
-

@@ -392,7 +392,7 @@ fn memory_estimate(recipe: &Recipe, model: &ModelSection, text: &ModelText, long
         micro_batch: t.micro_batch_size.unwrap_or(t.batch_size),
         seq_len: longest.max(1).min(t.max_seq_len),
         lora_r: spec.r,
-        targets: spec.targets.iter().map(|t| t.index()).collect(),
+        targets: spec.targets.iter().map(|&t| crate::memory::projection_index(t)).collect(),
         recompute: t.gradient_checkpointing,
     };
     Ok(ModelMemory { model: model.short_name(), estimate: crate::memory::estimate(&shape, &run) })
