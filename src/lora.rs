@@ -161,7 +161,7 @@ pub fn peft_key(layer: usize, target: Target, factor: &str) -> String {
 
 /// A target must exist in the model: a mixture-of-experts layer has a router and experts instead of the dense
 /// MLP's projections, and a dense layer has neither.
-fn check_targets(targets: &[Target], cfg: &ModelConfig) -> Result<()> {
+pub fn check_targets(targets: &[Target], cfg: &ModelConfig) -> Result<()> {
     let moe = cfg.moe.is_some();
     if let Some(t) = targets.iter().find(|t| t.block() == if moe { "mlp" } else { "block_sparse_moe" }) {
         if moe {
@@ -476,5 +476,63 @@ mod tests {
         Adapter { spec: spec.clone(), layers: ok.layers, experts: ok.experts }.save_peft(dir.path(), "base", None, DType::F32).unwrap();
         let e = format!("{:#}", Adapter::load_peft(dir.path(), &cfg, &Device::Cpu).unwrap_err());
         assert!(e.contains("adapter_config.json") && e.contains("`down_proj`"), "{e}");
+    }
+
+    fn mixtral(experts: usize) -> ModelConfig {
+        ModelConfig::from_json(&serde_json::json!({"architectures":["MixtralForCausalLM"],"hidden_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"intermediate_size":8,"vocab_size":10,
+            "num_local_experts":experts,"num_experts_per_tok":2})).unwrap()
+    }
+
+    #[test]
+    fn expert_and_router_factors_have_peft_names_and_round_trip() {
+        let cfg = mixtral(3);
+        let spec = LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::Q, Target::Router, Target::W1, Target::W2, Target::W3], rslora: false };
+        let mut a = Adapter::init(spec, &cfg, 3, &Device::Cpu).unwrap();
+        let keys = a.keys();
+        // Per layer: q and the router (A, B each), then 3 experts × w1, w2, w3.
+        assert_eq!(keys.len(), 2 * (2 * 2 + 3 * 3 * 2));
+        assert_eq!(&keys[..6], [
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+            "base_model.model.model.layers.0.block_sparse_moe.gate.lora_A.weight",
+            "base_model.model.model.layers.0.block_sparse_moe.gate.lora_B.weight",
+            "base_model.model.model.layers.0.block_sparse_moe.experts.0.w1.lora_A.weight",
+            "base_model.model.model.layers.0.block_sparse_moe.experts.0.w1.lora_B.weight",
+        ]);
+        assert!(keys.contains(&"base_model.model.model.layers.1.block_sparse_moe.experts.2.w2.lora_B.weight".to_string()));
+        let shapes: Vec<Vec<usize>> = a.tensors().iter().map(|t| t.dims().to_vec()).collect();
+        // Router A [r, H], B [E, r]; w1 A [r, H], B [I, r]; w2 A [r, I], B [H, r].
+        assert_eq!(&shapes[2..8], [vec![2, 16], vec![3, 2], vec![2, 16], vec![8, 2], vec![2, 8], vec![16, 2]]);
+        for (i, t) in a.tensors_mut().into_iter().enumerate() {
+            *t = (t.ones_like().unwrap() * (i as f64 + 1.0)).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        a.save_peft(dir.path(), "base", None, DType::F32).unwrap();
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["target_modules"], json!(["q_proj", "gate", "w1", "w2", "w3"]), "PEFT's names: the router is `gate`");
+        let back = Adapter::load_peft(dir.path(), &cfg, &Device::Cpu).unwrap();
+        assert_eq!(back.spec.targets, a.spec.targets);
+        assert_eq!(back.keys(), keys);
+        for (x, y) in back.tensors().iter().zip(a.tensors()) {
+            assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+    }
+
+    #[test]
+    fn gate_means_the_router_only_in_a_mixture_of_experts() {
+        let c = json!({"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["gate","w2"]});
+        assert_eq!(spec_from_peft_config(&c, true).unwrap().targets, vec![Target::Router, Target::W2]);
+        assert_eq!(spec_from_peft_config(&c, false).unwrap().targets, vec![Target::Gate, Target::W2]);
+        // A dense model has no experts or router: the error names what it has.
+        let dense = ModelConfig::from_json(&crate::testing::llama_config()).unwrap();
+        for t in [Target::W2, Target::Router] {
+            let spec = LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::Q, t], rslora: false };
+            let e = Adapter::init(spec, &dense, 0, &Device::Cpu).unwrap_err().to_string();
+            assert!(e.contains("exists only in a mixture-of-experts model") && e.contains("gate_proj, up_proj and down_proj"), "{e}");
+        }
+        assert_eq!(Target::parse("router"), Some(Target::Router));
+        assert_eq!(Target::parse("gate"), Some(Target::Gate));
+        assert_eq!(Target::parse("w3"), Some(Target::W3));
     }
 }

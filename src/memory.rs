@@ -252,6 +252,25 @@ mod tests {
         assert_eq!(llama2.lora_parameters(8, &[0, 1, 2]), 6_291_456);
     }
 
+    /// LoRA on Mixtral's experts and router counts each expert's w1/w2/w3 and the router once per layer: the
+    /// estimate's count is the adapter's own element count, and Mixtral-8x7B's figure is the arithmetic below.
+    #[test]
+    fn expert_and_router_lora_parameters_match_the_adapter() {
+        use crate::lora::{Adapter, LoraSpec, Target};
+        let config = crate::testing::mixtral_config();
+        let s = Shape::from_config(&config).unwrap();
+        let cfg = crate::config::ModelConfig::from_json(&config).unwrap();
+        let targets = vec![Target::Q, Target::Router, Target::W1, Target::W2, Target::W3];
+        let spec = LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: targets.clone(), rslora: false };
+        let adapter = Adapter::init(spec, &cfg, 0, &candle_core::Device::Cpu).unwrap();
+        let numel: usize = adapter.tensors().iter().map(|t| t.elem_count()).sum();
+        let indices: Vec<usize> = targets.iter().map(|&t| projection_index(t)).collect();
+        assert_eq!(s.lora_parameters(4, &indices), numel as u64);
+        let mixtral = shape(r#"{"architectures":["MixtralForCausalLM"],"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":32000,"num_local_experts":8,"num_experts_per_tok":2,"tie_word_embeddings":false}"#);
+        // 32 layers × (8 experts × 3 × 8 × (4096 + 14336) + 8 × (4096 + 8)).
+        assert_eq!(mixtral.lora_parameters(8, &[4, 5, 6, 7]), 114_296_832);
+    }
+
     #[test]
     fn recomputation_keeps_less_and_cuda_builds_no_attention_scores() {
         let s = shape(r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":300}"#);

@@ -134,6 +134,18 @@ fn user_mistakes_get_one_clear_error() {
     check("missing-model.toml", text.replace("models/llama-gqa", "models/nope"), &["models/nope", "not found", "looked in"]);
     check("bad-data.toml", text.replace("data/alpaca.json", "data/missing.json"), &["missing.json"]);
     check("bad-target.toml", text.replace("dropout = 0.0", "dropout = 0.0\ntargets = [\"qq\"]"), &["qq"]);
+    // A target the model does not have: `plan` already refuses it, and so does `run`.
+    let no_init = |targets: &str| {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("init_adapter")).collect();
+        lines.join("\n").replace("dropout = 0.0", &format!("dropout = 0.0\ntargets = {targets}"))
+    };
+    let expert_on_dense = no_init(r#"["q", "w1"]"#);
+    check("moe-target.toml", expert_on_dense.clone(), &["`w1`", "mixture-of-experts", "gate_proj, up_proj and down_proj"]);
+    let p = dir.path().join("moe-target-plan.toml");
+    std::fs::write(&p, expert_on_dense).unwrap();
+    let o = trainer(&["plan", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[lora] targets") && stderr(&o).contains("`w1`"), "{}", stderr(&o));
 
     // A checkpoint with a tensor missing names the tensor.
     let broken = dir.path().join("broken");
