@@ -54,6 +54,10 @@ impl Default for AdamWConfig {
 pub struct AdamW {
     pub cfg: AdamWConfig,
     step: u64,
+    /// Updates each parameter has had (torch's per-parameter `state["step"]`, which its bias correction uses):
+    /// a parameter without a gradient in a step (an expert no token reached) is skipped, as torch skips a
+    /// parameter whose `.grad` is None.
+    counts: Vec<u64>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
@@ -64,6 +68,7 @@ impl AdamW {
         Ok(Self {
             cfg,
             step: 0,
+            counts: vec![0; params.len()],
             m: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
             v: params.iter().map(zeros).collect::<candle_core::Result<_>>()?,
         })
@@ -74,8 +79,18 @@ impl AdamW {
         (self.step, &self.m, &self.v)
     }
 
-    /// Restores [`AdamW::state`]; the moments must match the parameters this optimizer was made for.
-    pub fn restore(&mut self, step: u64, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+    /// Each parameter's update count (see the field).
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Restores [`AdamW::state`]; the moments must match the parameters this optimizer was made for. `counts`:
+    /// each parameter's update count, or `None` for `step` everywhere (a state saved before counts were kept).
+    pub fn restore(&mut self, step: u64, counts: Option<Vec<u64>>, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+        let counts = counts.unwrap_or_else(|| vec![step; self.m.len()]);
+        if counts.len() != self.m.len() || counts.iter().any(|&c| c > step) {
+            bail!("optimizer state holds {} update counts (up to {:?}) for {} tensors after {step} steps", counts.len(), counts.iter().max(), self.m.len());
+        }
         if m.len() != self.m.len() || v.len() != self.v.len() {
             bail!("optimizer state holds {} moments, the adapter has {} tensors", m.len(), self.m.len());
         }
@@ -89,6 +104,7 @@ impl AdamW {
             t.into_iter().map(|x| match &device { Some(d) => x.to_device(d)?.to_dtype(DType::F32), None => Ok(x) }).collect()
         };
         self.step = step;
+        self.counts = counts;
         self.m = to_dev(m)?;
         self.v = to_dev(v)?;
         Ok(())
@@ -96,11 +112,21 @@ impl AdamW {
 
     /// One update with learning rate `lr`, in torch's order of operations.
     pub fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_some(params, grads, None, lr)
+    }
+
+    /// One update of the parameters whose `has_grad` is true (all when `None`); the others keep their value,
+    /// moments and count, as torch's AdamW leaves a parameter without a gradient.
+    pub fn step_some(&mut self, params: &mut [&mut Tensor], grads: &[Tensor], has_grad: Option<&[bool]>, lr: f64) -> Result<()> {
         let c = self.cfg;
         self.step += 1;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            if has_grad.is_some_and(|h| !h[i]) {
+                continue;
+            }
+            self.counts[i] += 1;
+            let bc1 = 1.0 - c.beta1.powi(self.counts[i] as i32);
+            let bc2_sqrt = (1.0 - c.beta2.powi(self.counts[i] as i32)).sqrt();
             let decayed = (&**p * (1.0 - lr * c.weight_decay))?;
             self.m[i] = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -187,5 +213,24 @@ mod tests {
         let mut g2 = vec![Tensor::new(&[0.3f32], &dev).unwrap()];
         clip_global_norm(&mut g2, 1.0).unwrap();
         assert_eq!(g2[0].to_vec1::<f32>().unwrap()[0], 0.3);
+    }
+
+    /// torch's AdamW skips a parameter whose `.grad` is None: no weight decay, no moment decay, and its own step
+    /// count (bias correction) does not advance. A parameter skipped in the first step and updated in the second
+    /// moves exactly as one updated in the first step.
+    #[test]
+    fn a_parameter_without_gradient_is_left_alone_and_keeps_its_own_count() {
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        let start = Tensor::new(&[1.0f32, -2.0, 0.5], &candle_core::Device::Cpu).unwrap();
+        let g = Tensor::new(&[0.3f32, -0.1, 0.02], &candle_core::Device::Cpu).unwrap();
+        let (mut a, mut b) = (start.clone(), start.clone());
+        let mut opt = AdamW::new(cfg, &[&a, &b]).unwrap();
+        opt.step_some(&mut [&mut a, &mut b], &[g.clone(), g.zeros_like().unwrap()], Some(&[true, false]), 1e-2).unwrap();
+        assert_eq!(b.to_vec1::<f32>().unwrap(), start.to_vec1::<f32>().unwrap(), "skipped: not even weight decay");
+        assert_eq!(opt.counts(), [1, 0]);
+        let after_one = a.to_vec1::<f32>().unwrap();
+        opt.step_some(&mut [&mut a, &mut b], &[g.clone(), g.clone()], None, 1e-2).unwrap();
+        assert_eq!(b.to_vec1::<f32>().unwrap(), after_one, "its first update, with its own bias correction");
+        assert_eq!(opt.counts(), [2, 1]);
     }
 }

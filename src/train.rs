@@ -138,7 +138,9 @@ impl<'a> Trainer<'a> {
             bail!("the gradient norm is {grad_norm} at step {} (lr {}): the run diverged", step + 1, lr_label(plan.lr));
         }
         let lr = plan.lr * plan.schedule.factor(step, plan.warmup_steps, plan.total_steps);
-        self.opt.step(&mut adapter.tensors_mut(), &g, lr)?;
+        // A site no token reached this step (an expert nobody was routed to) has no gradient: torch skips it.
+        let received = grads.received(adapter);
+        self.opt.step_some(&mut adapter.tensors_mut(), &g, Some(&received), lr)?;
         self.step += 1;
         Ok(StepMetrics { step: step + 1, epoch: step / self.steps_per_epoch() + 1, loss, lr, grad_norm, tokens, input_tokens, seconds: started.elapsed().as_secs_f64() })
     }

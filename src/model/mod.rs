@@ -97,6 +97,11 @@ impl Grads {
         }
     }
 
+    /// Per tensor of [`Adapter::tensors`], whether it received a gradient.
+    pub fn received(&self, adapter: &Adapter) -> Vec<bool> {
+        adapter.sites().into_iter().flat_map(|(site, _)| [self.get(site).is_some(); 2]).collect()
+    }
+
     /// Gradients in the order of [`Adapter::tensors`]; sites that received none (an expert no token chose) are
     /// zeros.
     pub fn tensors(&self, adapter: &Adapter) -> Result<Vec<Tensor>> {

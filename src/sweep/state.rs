@@ -39,6 +39,8 @@ pub fn save(path: &Path, adapter: &Adapter, opt: &AdamW, position: &Position) ->
         tensors.push((format!("adam_m.{i:05}"), m[i].clone()));
         tensors.push((format!("adam_v.{i:05}"), v[i].clone()));
     }
+    let counts: Vec<i64> = opt.counts().iter().map(|&c| c as i64).collect();
+    tensors.push(("adam_counts".into(), Tensor::from_vec(counts, opt.counts().len(), &Device::Cpu)?));
     let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(position)?)]);
     crate::fsutil::write_safetensors(path, tensors.iter().map(|(k, t)| (k.as_str(), t)), meta)
 }
@@ -72,7 +74,12 @@ pub fn load(path: &Path, adapter: &mut Adapter, opt: &mut AdamW, device: &Device
         m.push(take(format!("adam_m.{i:05}"))?);
         v.push(take(format!("adam_v.{i:05}"))?);
     }
-    opt.restore(position.adam_step, m, v)?;
+    // Absent from checkpoints written before per-parameter counts: every parameter then had every step.
+    let counts = match tensors.remove("adam_counts") {
+        Some(t) => Some(t.to_vec1::<i64>()?.into_iter().map(|c| c as u64).collect()),
+        None => None,
+    };
+    opt.restore(position.adam_step, counts, m, v).with_context(|| path.display().to_string())?;
     Ok(position)
 }
 
