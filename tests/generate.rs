@@ -15,9 +15,9 @@ use trainer::model::KvCache;
 use trainer::session::Session;
 
 fn open(name: &str) -> (Session, Adapter) {
-    let root = trainer::testing::fixtures_dir();
-    let session = Session::open(root.join("models").join(name).to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
-    let adapter = Adapter::load_peft(&root.join("adapters").join(name), &session.model.cfg, &Device::Cpu).unwrap();
+    let (model_dir, adapter_dir) = common::fixture_dirs(name);
+    let session = Session::open(model_dir.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let adapter = Adapter::load_peft(&adapter_dir, &session.model.cfg, &Device::Cpu).unwrap();
     (session, adapter)
 }
 

@@ -45,7 +45,7 @@ fn merged_checkpoints_give_peft_logits() {
     for &name in MODELS {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("merged");
-        let (model, adapter) = (root.join("models").join(name), root.join("adapters").join(name));
+        let (model, adapter) = common::fixture_dirs(name);
         let o = merge(&model, &adapter, &out);
         assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
 
@@ -63,7 +63,7 @@ fn merged_checkpoints_give_peft_logits() {
         let (before, after) = (tensors(&model), tensors(&out));
         assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "{name}: same tensors in the same shards");
         for (k, v) in &before {
-            let adapted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().any(|p| k.contains(p));
+            let adapted = ["self_attn.", "mlp.", "block_sparse_moe."].iter().any(|p| k.contains(p)) && !k.contains("norm");
             let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
             let targeted = adapted && cfg["target_modules"].as_array().unwrap().iter().any(|t| k.contains(&format!("{}.weight", t.as_str().unwrap())));
             assert_eq!(&after[k] == v, !targeted, "{name} {k}: changed iff the adapter targets it");

@@ -36,8 +36,9 @@ struct Fixture {
 
 fn fixture(name: &'static str) -> Fixture {
     let root = trainer::testing::fixtures_dir();
-    let session = Session::open(root.join("models").join(name).to_str().unwrap(), None, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let adapter = Adapter::load_peft(&root.join("adapters").join(name), &session.model.cfg, &Device::Cpu).unwrap();
+    let (model_dir, adapter_dir) = common::fixture_dirs(name);
+    let session = Session::open(model_dir.to_str().unwrap(), None, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let adapter = Adapter::load_peft(&adapter_dir, &session.model.cfg, &Device::Cpu).unwrap();
     let examples = session.text.examples(&root.join("data/alpaca.json"), Format::Alpaca, "alpaca", 512, TrainOn::Response).unwrap();
     let golden = candle_core::safetensors::load(root.join("golden").join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
     let json: Value = serde_json::from_str(&std::fs::read_to_string(root.join("golden").join(format!("{name}.json"))).unwrap()).unwrap();

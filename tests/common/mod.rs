@@ -52,3 +52,15 @@ pub fn stderr(o: &Output) -> String {
 pub fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
+
+/// A golden fixture's model and adapter folders, as its golden/<name>.json names them (several adapters may share
+/// one model: mixtral-experts adapts mixtral-moe's experts).
+pub fn fixture_dirs(name: &str) -> (PathBuf, PathBuf) {
+    let root = trainer::testing::fixtures_dir();
+    let g = json(&root.join("golden").join(format!("{name}.json")));
+    let dir = |key: &str| {
+        let rel = g[key].as_str().unwrap_or_else(|| panic!("golden/{name}.json has no {key}"));
+        root.join(rel.strip_prefix("tests/fixtures/").unwrap_or_else(|| panic!("{key} `{rel}` is outside tests/fixtures")))
+    };
+    (dir("model_dir"), dir("adapter_dir"))
+}
