@@ -282,6 +282,10 @@ fn main() {
         if msg.contains("Broken pipe") {
             std::process::exit(0);
         }
+        // A panic of the parquet crate on a corrupt file is caught and reported as that file's error.
+        if trainer::data::reader::panic_is_guarded() {
+            return;
+        }
         eprintln!("internal error (please report): {info}");
     }));
     match real_main() {

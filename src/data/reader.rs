@@ -265,9 +265,26 @@ fn parquet_rows(path: &Path, file: File) -> Result<Records> {
     Ok(Box::new(ParquetRows { rows: reader.into_iter(), path: path.to_path_buf(), row: 0, done: false }))
 }
 
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside [`guard`]: the binary's panic hook then stays quiet, since the panic becomes
+/// the error the user sees (one message, not an "internal error" line before it).
+pub fn panic_is_guarded() -> bool {
+    GUARDED.with(|g| g.get())
+}
+
 /// Runs the parquet crate on a file's bytes, turning its panics (some corrupt files reach an `expect` or an
 /// out-of-bounds index instead of an error) into errors.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GUARDED.with(|g| g.set(self.0));
+        }
+    }
+    let _reset = Reset(GUARDED.with(|g| g.replace(true)));
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
         let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("no message");
         anyhow!("the parquet reader failed on corrupt data ({msg})")
@@ -304,6 +321,15 @@ impl Iterator for ParquetRows {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_guarded_panic_becomes_an_error_and_the_mark_is_reset() {
+        assert!(guard(panic_is_guarded).unwrap(), "marked inside");
+        let e = guard(|| -> u8 { panic!("bad page header") }).unwrap_err();
+        assert!(e.to_string().contains("bad page header"), "{e}");
+        assert!(!panic_is_guarded(), "reset after a panic too");
+    }
+
     use super::*;
     use std::io::Write;
 
