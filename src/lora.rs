@@ -159,6 +159,19 @@ pub fn peft_key(layer: usize, target: Target, factor: &str) -> String {
     Site { layer, target, expert: None }.peft_key(factor)
 }
 
+/// Every site `spec` adapts in a model of `cfg`, in the order of [`Adapter::sites`].
+fn sites_of(spec: &LoraSpec, cfg: &ModelConfig) -> Vec<Site> {
+    let experts = cfg.moe.map_or(0, |m| m.experts);
+    let mut out = Vec::new();
+    for layer in 0..cfg.num_layers {
+        out.extend(SLOT_TARGETS.iter().filter(|t| spec.targets.contains(t)).map(|&target| Site { layer, target, expert: None }));
+        for e in 0..experts {
+            out.extend(EXPERT_TARGETS.iter().filter(|t| spec.targets.contains(t)).map(|&target| Site { layer, target, expert: Some(e) }));
+        }
+    }
+    out
+}
+
 /// A target must exist in the model: a mixture-of-experts layer has a router and experts instead of the dense
 /// MLP's projections, and a dense layer has neither.
 pub fn check_targets(targets: &[Target], cfg: &ModelConfig) -> Result<()> {
@@ -251,6 +264,21 @@ impl Adapter {
         out
     }
 
+    /// An adapter with the spec's layout and no factors yet.
+    fn empty(spec: LoraSpec, cfg: &ModelConfig) -> Self {
+        let experts = if spec.targets.iter().any(|t| t.is_expert()) { cfg.moe.map_or(0, |m| m.experts) } else { 0 };
+        let layers = (0..cfg.num_layers).map(|_| Default::default()).collect();
+        let per_layer = || (0..experts).map(|_| Default::default()).collect();
+        Self { spec, layers, experts: (0..cfg.num_layers).map(|_| per_layer()).collect() }
+    }
+
+    fn slot_mut(&mut self, site: Site) -> &mut Option<LoraFactors> {
+        match site.expert {
+            None => &mut self.layers[site.layer][site.target.index()],
+            Some(e) => &mut self.experts[site.layer][e][site.target.expert_index()],
+        }
+    }
+
     /// The factors of a site, if it is adapted.
     pub fn get(&self, site: Site) -> Option<&LoraFactors> {
         match site.expert {
@@ -274,10 +302,9 @@ impl Adapter {
         }
         let mut tensors = candle_core::safetensors::load(&weights_path, device)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
-        // The layout comes from the spec; every factor is then read from the file by its key.
-        let mut adapter = Adapter::init(spec.clone(), cfg, 0, device)?;
-        let sites: Vec<Site> = adapter.sites().into_iter().map(|(s, _)| s).collect();
-        for (site, f) in sites.into_iter().zip(adapter.factors_mut()) {
+        // Every site the spec adapts is read from the file by its key, shapes checked before anything is kept.
+        let mut adapter = Adapter::empty(spec.clone(), cfg);
+        for site in sites_of(&spec, cfg) {
             let (fan_in, out) = site.target.dims(cfg);
             let mut take = |factor: &str, shape: [usize; 2]| -> Result<Tensor> {
                 let key = site.peft_key(factor);
@@ -293,7 +320,7 @@ impl Adapter {
                 }
                 Ok(tensor)
             };
-            *f = LoraFactors { a: take("A", [spec.r, fan_in])?, b: take("B", [out, spec.r])? };
+            *adapter.slot_mut(site) = Some(LoraFactors { a: take("A", [spec.r, fan_in])?, b: take("B", [out, spec.r])? });
         }
         if let Some(extra) = tensors.keys().min() {
             bail!("{} has tensor `{extra}` that does not belong to a targeted layer of this model", weights_path.display());

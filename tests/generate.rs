@@ -32,7 +32,7 @@ fn golden() -> Value {
 /// Fixtures of later families keep their generation rows out of generation.json, so that adding one never
 /// rewrites it: Llama-3, Mistral and Qwen3 in generation-families.json, Gemma-2 and Mixtral each in its own
 /// golden file (both written by `gen_fixtures.py gen-families`).
-const FAMILY_MODELS: &[&str] = &["gemma2-swa", "mixtral-moe"];
+const FAMILY_MODELS: &[&str] = &["gemma2-swa", "mixtral-moe", "mixtral-experts"];
 
 /// `(name, {eos_token_id, rows})` of every fixture model with golden generations, and `max_new_tokens`.
 fn all_generations() -> Vec<(String, Value, usize)> {
@@ -61,7 +61,7 @@ fn greedy(max_new_tokens: usize) -> GenOptions {
 #[test]
 fn cached_decoding_gives_the_full_forward_logits() {
     let all = all_generations();
-    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe"] {
+    for name in ["llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe", "mixtral-experts"] {
         let (s, adapter) = open(name);
         let m = &all.iter().find(|(n, ..)| n == name).expect("a golden generation").1;
         let rows: Vec<Vec<u32>> = m["rows"].as_array().unwrap()[..3].iter().map(|r| ids(&r["prompt"])).collect();
@@ -93,7 +93,7 @@ fn cached_decoding_gives_the_full_forward_logits() {
 #[test]
 fn greedy_generation_matches_transformers_exactly() {
     let models = all_generations();
-    assert_eq!(models.len(), 9, "every fixture family generates");
+    assert_eq!(models.len(), 10, "every fixture family generates, and Mixtral with expert LoRA");
     for (name, m, max_new) in models {
         let (s, adapter) = open(&name);
         let eos = m["eos_token_id"].as_u64().unwrap() as u32;

@@ -16,6 +16,7 @@ use trainer::session::Session;
 
 const MODELS: &[&str] = &[
     "llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe",
+    "mixtral-experts",
 ];
 
 fn merge(model: &Path, adapter: &Path, out: &Path) -> std::process::Output {

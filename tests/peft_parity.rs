@@ -24,6 +24,7 @@ use trainer::train::{train, TrainPlan};
 /// norms) and Mixtral (MoE).
 const MODELS: &[&str] = &[
     "llama-gqa", "gemma-mqa", "qwen2-gqa-sharded", "qwen2-tied", "llama3-tied", "mistral-swa", "qwen3-qknorm", "gemma2-swa", "mixtral-moe",
+    "mixtral-experts",
 ];
 
 struct Fixture {
