@@ -670,6 +670,7 @@ fn dev_sets_select_every_condition_on_the_same_native_text_that_none_trains_on()
         ("fraction = 0.2\n", "", "__keep__"),
         ("fraction = 0.2", "fraction = 1.5", "[[dev_sets]] `{lang}-dev`: fraction must be in (0, 1), not 1.5"),
         ("fraction = 0.2", "fraction = 0.2\nsize = 3", "unknown field `size`"),
+        ("max_seq_len = 128", "max_seq_len = 8", "[eval] select_on: set `es-dev` has no target token at max_seq_len 8"),
     ] {
         if want == "__keep__" {
             // Without its own fraction a dev set takes heldout_fraction; with neither it is an error.

@@ -290,6 +290,12 @@ fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) 
     let (conditions, dev_sets, mut bad, mut dropped) = pipeline::load(recipe, &expanded, &encoder)?;
     let mut sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad, &mut dropped)?;
     sets.extend(dev_sets);
+    // A set without target tokens has no loss (0/0): selecting on it would silently keep the last evaluation.
+    for s in sets.iter().filter(|s| conditions.iter().any(|c| c.select_on.contains(&s.name))) {
+        if target_tokens(&s.examples) == 0 {
+            bail!("[eval] select_on: set `{}` has no target token at max_seq_len {} (each of its {} examples is cut before its response), so it has no loss to select on; raise [train] max_seq_len or the set's share", s.name, recipe.train.max_seq_len, s.examples.len());
+        }
+    }
     Ok((conditions, sets, bad, dropped))
 }
 
