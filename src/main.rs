@@ -343,6 +343,17 @@ fn real_main() -> Result<i32> {
                 for r in runs {
                     println!("{:<48} {:>9} {:>5} {:>8} {:>8} {:>7} {:>12} {:>9}", r.run, trainer::train::lr_label(r.lr), r.seed, r.train_examples, r.heldout_examples, r.steps, r.train_target_tokens, r.truncated_examples);
                 }
+                for s in &plan.sets {
+                    let langs: Vec<String> = s.languages.iter().map(|(l, n)| format!("{} {n}", if l.is_empty() { "unlabelled" } else { l })).collect();
+                    let what = s.dev_of.as_ref().map_or_else(|| "a shared evaluation set".to_string(), |source| format!("a dev set drawn from {source}"));
+                    println!("set {}: {} examples ({}), {} target tokens; {what}", s.name, s.examples, langs.join(", "), s.target_tokens);
+                }
+                if plan.sets.iter().any(|s| s.dev_of.is_some()) {
+                    // One line per condition, not per run: every run of a condition holds out the same records.
+                    let held: std::collections::BTreeSet<(&str, usize)> = runs.iter().map(|r| (r.condition.as_str(), r.dev_heldout_examples)).collect();
+                    let held: Vec<String> = held.into_iter().map(|(c, n)| format!("{c} {n}")).collect();
+                    println!("held out of training for the dev sets (records with a dev set's id, per condition): {}", held.join(", "));
+                }
                 if bad.count > 0 {
                     println!("skipped {} bad record(s), first: {}", bad.count, bad.first.join("; "));
                 }

@@ -33,6 +33,10 @@ pub struct Recipe {
     /// Experimental conditions; without any, all sources form one condition named after the recipe.
     #[serde(default)]
     pub conditions: Vec<ConditionSection>,
+    /// Shared dev sets: per language, part of one source (its native data) held out of every condition and
+    /// evaluated for every run, so that `select_on` picks every condition's epoch on the same text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dev_sets: Vec<DevSetSection>,
     #[serde(default)]
     pub eval: EvalSection,
     /// Benchmarks every run's kept adapter is scored on at the end (paths relative to the recipe's folder).
@@ -81,9 +85,9 @@ pub struct EvalSection {
     /// conditions are compared on the same data (e.g. each language's native test set).
     #[serde(default)]
     pub sets: Vec<String>,
-    /// `keep = "best"` chooses the kept evaluation by the loss on these of `sets` (a name or a list; `{lang}` is
-    /// the condition's language) instead of the condition's own held-out share, so that every condition of a
-    /// language is selected on the same text. Several sets: their token-weighted mean loss.
+    /// `keep = "best"` chooses the kept evaluation by the loss on these of `sets` or `[[dev_sets]]` (a name or a
+    /// list; `{lang}` is the condition's language) instead of the condition's own held-out share, so that every
+    /// condition of a language is selected on the same text. Several sets: their token-weighted mean loss.
     #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
     pub select_on: Vec<String>,
 }
@@ -129,6 +133,38 @@ pub enum EvalPoint {
 impl Default for EvalEvery {
     fn default() -> Self {
         EvalEvery::Named(EvalPoint::Epoch)
+    }
+}
+
+/// `[[dev_sets]]`: the records of `source` whose ids come first in the held-out order of the data seed (the ids
+/// its own condition holds out), evaluated for every run; every condition holds out each record carrying one of
+/// those ids (after its source's `id_strip`), whatever its source or language, so none trains on them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSetSection {
+    /// The set's name, for `[eval] select_on`; `{lang}` with `languages`.
+    pub name: String,
+    /// The source the set is drawn from (its records need ids); `{lang}` with `languages`.
+    pub source: String,
+    /// The share of the source's records (per language); default: `[eval] heldout_fraction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// Expands the set once per language, substituting `{lang}` in its name and source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub languages: Option<Vec<String>>,
+}
+
+impl DevSetSection {
+    /// The share of its source the set takes: its own `fraction`, or the recipe's `heldout_fraction`.
+    pub fn fraction_of(&self, eval: &EvalSection) -> Result<f64> {
+        let f = self.fraction.unwrap_or(eval.heldout_fraction);
+        if self.fraction.is_none() && f == 0.0 {
+            bail!("[[dev_sets]] `{}`: give fraction, or set [eval] heldout_fraction (its default)", self.name);
+        }
+        if !(f > 0.0 && f < 1.0) {
+            bail!("[[dev_sets]] `{}`: fraction must be in (0, 1), not {f}", self.name);
+        }
+        Ok(f)
     }
 }
 
@@ -649,8 +685,11 @@ impl Recipe {
         if !["best", "last", "all"].contains(&e.keep.as_str()) {
             bail!("[eval] keep must be \"best\", \"last\" or \"all\", not `{}`", e.keep);
         }
-        if e.keep != "last" && e.heldout_fraction == 0.0 && e.sets.is_empty() {
-            bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05) or sets", e.keep);
+        if e.keep != "last" && e.heldout_fraction == 0.0 && e.sets.is_empty() && self.dev_sets.is_empty() {
+            bail!("[eval] keep = \"{}\" compares held-out losses: set [eval] heldout_fraction (e.g. 0.05), sets or [[dev_sets]]", e.keep);
+        }
+        for d in &self.dev_sets {
+            d.fraction_of(e)?;
         }
         if !e.select_on.is_empty() && e.keep != "best" {
             bail!("[eval] select_on chooses the evaluation that keep = \"best\" keeps; keep is `{}`", e.keep);

@@ -2,7 +2,8 @@
 //! with the tiny model, two steps per run, every `[[evals]]` benchmark read from our samples in data/benchmarks/
 //! (the releases' relative paths and file types: CSV, parquet, JSONL), the judged questions graded by a scripted
 //! judge on 127.0.0.1. Then scores.csv, report.md's ΔS section and the ΔS plots must exist and agree with each
-//! other. CI runs it (`TRAINER_REQUIRE_SHARED=1`); .ci/run does not run the study a second time.
+//! other, and every run selects its epoch on its language's shared native dev set. CI runs it
+//! (`TRAINER_REQUIRE_SHARED=1`); .ci/run does not run the study a second time.
 
 mod common;
 
@@ -63,10 +64,11 @@ fn the_study_scores_every_benchmark_and_its_report_agrees_with_scores_csv() {
     let (recipe, samples, tiny, dir) = (repo().join("recipes/native-vs-translated.toml"), repo().join("data/benchmarks"), repo().join("data/tiny-llama"), out.path().join("study"));
     let mut args = vec!["run", recipe.to_str().unwrap(), "--data-root", data.to_str().unwrap(), "--benchmarks-root", samples.to_str().unwrap()];
     args.extend(["--model", tiny.to_str().unwrap(), "--device", "cpu", "--output-dir", dir.to_str().unwrap(), "--quiet"]);
-    // Kept small for CI (measured on a shared 2-core machine): two steps of 4 sequences of up to 128 tokens per run,
-    // 1% held out (the held-out evaluation dominated a run's time at 5%), answers of up to 8 tokens (the
-    // benchmarks' own 256 and FastChat's 1024 would only make CI slower: the tiny model rarely stops by itself).
-    for s in ["train.max_steps=2", "train.batch_size=4", "train.micro_batch_size=4", "train.max_seq_len=128", "eval.heldout_fraction=0.01", "evals.*.max_new_tokens=8"] {
+    // Kept small for CI (measured on a shared 2-core machine): two steps of 2 sequences of up to 128 tokens per run,
+    // 1% held out and 1% of native as each language's dev set (ru: 4 records, 22 target tokens; at 0.5% every
+    // ru-dev response is cut off at 128 tokens), answers of up to 4 tokens (the benchmarks' own 256 and
+    // FastChat's 1024 would only make CI slower: the tiny model rarely stops by itself).
+    for s in ["train.max_steps=2", "train.batch_size=2", "train.micro_batch_size=2", "train.max_seq_len=128", "eval.heldout_fraction=0.01", "evals.*.max_new_tokens=4"] {
         args.extend(["--set", s]);
     }
     for s in &judge_sets {
@@ -82,13 +84,34 @@ fn the_study_scores_every_benchmark_and_its_report_agrees_with_scores_csv() {
     assert_eq!(runs.len(), 30);
     assert!(runs.iter().all(|r| r["status"] == "ok"), "every run ok");
 
+    // Selection: every run of a language kept the evaluation with the lowest loss on that language's native dev
+    // set — the same records for all five conditions —, evaluated on no other language's dev set.
+    let mut dev: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for r in &runs {
+        let lang = &r["condition"].as_str().unwrap()[..2];
+        let set = format!("{lang}-dev");
+        assert_eq!(r["selected_on"], set.as_str(), "{}", r["run"]);
+        assert_eq!(r["sets"].as_object().unwrap().keys().collect::<Vec<_>>(), [&set], "{}", r["run"]);
+        let d = &r["sets"][&set];
+        let size = (d["examples"].as_u64().unwrap(), d["tokens"].as_u64().unwrap());
+        assert_eq!(*dev.entry(set.clone()).or_insert(size), size, "{}: the same dev records as the language's other runs", r["run"]);
+        // Two steps, one evaluation: the kept one, judged by the dev set's loss (not the run's own held-out share).
+        assert_eq!((r["best"]["step"].as_u64(), r["best"]["loss"].as_f64()), (Some(2), d["loss"].as_f64()), "{}", r["run"]);
+    }
+    assert_eq!(dev.keys().collect::<Vec<_>>(), ["es-dev", "ru-dev", "zh-dev"]);
+
     // scores.csv: one row per run × benchmark of its language × metric (one item language per benchmark), and no
     // benchmark of another language.
     let mut reader = csv::Reader::from_path(dir.join("scores.csv")).unwrap();
     let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
     assert_eq!(header[..13].join(","), "model,condition,language,origin,engine,lr,seed,benchmark,metric,score,items,low,high");
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).filter(|r| &r[col("task")] != "set").collect();
+    let all_rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    // The dev sets are scores.csv's only set rows: each run on its language's dev set, loss and perplexity.
+    let set_rows: BTreeSet<(String, String, String)> = all_rows.iter().filter(|r| &r[col("task")] == "set").map(|r| (r[col("run")].to_string(), r[col("benchmark")].to_string(), r[col("metric")].to_string())).collect();
+    let want_sets: BTreeSet<(String, String, String)> = runs.iter().flat_map(|r| ["loss", "perplexity"].map(|m| (r["run"].as_str().unwrap().to_string(), format!("{}-dev", &r["condition"].as_str().unwrap()[..2]), m.to_string()))).collect();
+    assert_eq!(set_rows, want_sets);
+    let rows: Vec<csv::StringRecord> = all_rows.into_iter().filter(|r| &r[col("task")] != "set").collect();
     let mut want = BTreeSet::new();
     for r in &runs {
         let (condition, lr) = (r["condition"].as_str().unwrap().to_string(), r["lr"].as_f64().unwrap());
@@ -118,6 +141,10 @@ fn the_study_scores_every_benchmark_and_its_report_agrees_with_scores_csv() {
     // report.md's ΔS section: every non-native run against its native run, per benchmark and metric, with the
     // scores of scores.csv; each benchmark's plot written and linked.
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // Perplexity is compared on the shared dev sets only; the runs' own held-out shares come after, as a diagnostic.
+    let shared = md.find("## Shared evaluation sets: perplexity by origin").expect("the dev sets' perplexity table");
+    assert!(["es", "ru", "zh"].iter().all(|l| md.contains(&format!("| {l}-dev ({l}) |"))), "{md}");
+    assert!(shared < md.find("## Training diagnostic").unwrap());
     let delta = md.split("\n## ΔS\n").nth(1).expect("a ΔS section").split("\n## ").next().unwrap();
     let mut deltas = 0;
     let mut benches = BTreeSet::new();

@@ -429,7 +429,8 @@ fn the_study_recipe_plans_on_the_released_data() {
     // id_strip) hold out the same ids.
     let recipe = trainer::recipe::Recipe::load(&path).unwrap();
     let expanded = trainer::data::pipeline::expand_with_root(&recipe, Some(&shared)).unwrap();
-    let (mixes, _, _) = trainer::data::pipeline::mixes(&recipe, &expanded).unwrap();
+    let data = trainer::data::pipeline::mixes(&recipe, &expanded).unwrap();
+    let mixes = &data.conditions;
     let held = |name: &str| -> std::collections::BTreeSet<String> {
         mixes.iter().find(|m| m.0 == name).unwrap().2.iter().map(|r| r.provenance.source_id.clone().unwrap()).collect()
     };
@@ -449,6 +450,26 @@ fn the_study_recipe_plans_on_the_released_data() {
         // Google's and Cohere's translations of the same English records hold out the same ids as each other.
         let (g, c) = (held(&format!("{lang}-google")), held(&format!("{lang}-cohere")));
         assert!(g.intersection(&c).count() + 2 >= g.len(), "{lang}: {} of {} shared", g.intersection(&c).count(), g.len());
+        // The language's shared dev set: the native records of exactly the ids native holds out, which no
+        // condition trains on (after id_strip: its round trips' translations of them included); every condition
+        // of the language selects on it.
+        let k = expanded.dev_sets.iter().position(|d| d.name == format!("{lang}-dev")).unwrap();
+        assert_eq!(expanded.dev_sets[k].source, format!("{lang}-native"));
+        let dev: std::collections::BTreeSet<String> = data.dev_sets[k].iter().map(|r| r.provenance.source_id.clone().unwrap()).collect();
+        assert_eq!(dev, native, "{lang}-dev: the ids native holds out");
+        assert!(data.dev_sets[k].iter().all(|r| r.provenance.source == format!("{lang}-native") && r.provenance.language.as_deref() == Some(lang)));
+        for m in mixes {
+            assert!(m.1.iter().all(|r| !dev.contains(r.provenance.source_id.as_ref().unwrap())), "{}: trains on a record of {lang}-dev", m.0);
+        }
+        for origin in ["native", "google", "cohere", "google-rt", "cohere-rt"] {
+            let c = expanded.conditions.iter().position(|c| c.name == format!("{lang}-{origin}")).unwrap();
+            assert_eq!(expanded.select_on[c], [format!("{lang}-dev")]);
+            let dev_held = runs.iter().find(|r| r["condition"] == format!("{lang}-{origin}")).unwrap()["dev_heldout_examples"].as_u64().unwrap() as usize;
+            assert_eq!(dev_held, if origin.ends_with("rt") || origin == "native" { dev.len() } else { 0 }, "{lang}-{origin}");
+        }
+        let set = p["sets"].as_array().unwrap().iter().find(|s| s["name"] == format!("{lang}-dev")).unwrap();
+        let ids: std::collections::BTreeSet<String> = set["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect();
+        assert_eq!((ids, set["dev_of"].as_str()), (dev, Some(format!("{lang}-native").as_str())), "plan --json lists the dev set's ids");
     }
 }
 
@@ -574,6 +595,95 @@ fn select_on_keeps_the_best_on_a_shared_set_and_cleaning_is_counted() {
     std::fs::write(&r, text.replace("drop_if = ['2']", "drop_if = ['(2']")).unwrap();
     let e = stderr(&trainer(&["plan", rs]));
     assert!(e.contains("[[sources]] `es-translated`") && e.contains("`(2`"), "{e}");
+}
+
+/// A shared dev set: every condition of the language is selected on the same native records, none trains on
+/// them (the round trip holds its translations of them out, by id), and `keep = "best"` judges by the dev set,
+/// not by the condition's own held-out share.
+#[test]
+fn dev_sets_select_every_condition_on_the_same_native_text_that_none_trains_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "");
+    // 20% of es-native (8 records) as the dev set, 10% of each condition held out as before.
+    let text = std::fs::read_to_string(&r).unwrap().replace("keep = \"best\"\n", "keep = \"best\"\nselect_on = \"{lang}-dev\"\n")
+        + "[[dev_sets]]\nname = \"{lang}-dev\"\nsource = \"{lang}-native\"\nlanguages = [\"es\"]\nfraction = 0.2\n";
+    // select_on's {lang} needs conditions expanded with languages.
+    let text = text.replace("name = \"es-native\"\nsources = [\"es-native\"]", "name = \"{lang}-native\"\nsources = [\"{lang}-native\"]\nlanguages = [\"es\"]")
+        .replace("name = \"es-translated\"\nsources = [\"es-translated\"]", "name = \"{lang}-translated\"\nsources = [\"{lang}-translated\"]\nlanguages = [\"es\"]")
+        .replace("name = \"es-round-trip\"\nsources = [\"es-round-trip\"]", "name = \"{lang}-round-trip\"\nsources = [\"{lang}-round-trip\"]\nlanguages = [\"es\"]");
+    std::fs::write(&r, &text).unwrap();
+    let rs = r.to_str().unwrap();
+    let p = plan(&[rs]);
+    let sets = p["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let dev = &sets[0];
+    assert_eq!((dev["name"].as_str(), dev["dev_of"].as_str(), dev["examples"].as_u64(), dev["languages"]["es"].as_u64()), (Some("es-dev"), Some("es-native"), Some(8), Some(8)));
+    let dev_ids: std::collections::BTreeSet<&str> = dev["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    assert_eq!(dev_ids.len(), 8);
+    assert!(dev_ids.iter().all(|i| i.starts_with("es-n")), "native ids: {dev_ids:?}");
+    let run = |c: &str| p["runs"].as_array().unwrap().iter().find(|r| r["condition"] == c).unwrap().clone();
+    // Native and its round trip (the same ids) hold out all 8, besides their own 10% (the first 4 in the same
+    // keyed order: inside the 8); the translation (other ids) holds out none of them.
+    for (c, dev_held, held) in [("es-native", 8, 8), ("es-round-trip", 8, 8), ("es-translated", 0, 4)] {
+        let r = run(c);
+        assert_eq!((r["dev_heldout_examples"].as_u64(), r["heldout_examples"].as_u64(), r["train_examples"].as_u64()), (Some(dev_held), Some(held), Some(40 - held)), "{c}: {r}");
+        assert_eq!(r["selected_on"], "es-dev");
+    }
+    let o = trainer(&["plan", rs]);
+    let text_plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text_plan.contains("set es-dev: 8 examples (es 8)") && text_plan.contains("es-native 8, es-round-trip 8, es-translated 0"), "{text_plan}");
+
+    let out = dir.path().join("out");
+    let o = trainer(&["run", rs, "--quiet", "--output-dir", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut dev_results = Vec::new();
+    let mut data_rows = Vec::new();
+    for c in ["es-native", "es-translated", "es-round-trip"] {
+        let s = json(&out.join(format!("{c}-lr1e-3/run.json")));
+        assert_eq!(s["selected_on"], "es-dev", "{c}");
+        data_rows.push(format!("| {c} | {} | es-dev |", s["truncated_examples"]));
+        let evals: Vec<Value> = lines(&out.join(format!("{c}-lr1e-3/metrics.jsonl"))).into_iter().filter(|l| l["kind"] == "eval").collect();
+        assert_eq!(evals.len(), 2);
+        // The same 8 records for every condition: the same examples and target tokens at every evaluation.
+        for e in &evals {
+            let d = &e["sets"]["es-dev"];
+            dev_results.push((d["examples"].as_u64().unwrap(), d["tokens"].as_u64().unwrap()));
+        }
+        let dev_loss = |e: &Value| e["sets"]["es-dev"]["loss"].as_f64().unwrap();
+        let best = evals.iter().min_by(|a, b| dev_loss(a).total_cmp(&dev_loss(b))).unwrap();
+        assert_eq!(s["best"]["step"], best["step"], "{c}: the evaluation with the lowest dev loss is kept");
+        assert_eq!(s["best"]["loss"].as_f64(), Some(dev_loss(best)), "{c}: best loss is the dev set's");
+        if c == "es-translated" {
+            // Its own held-out share is translated text: selecting on it would give another loss.
+            assert_ne!(best["loss"].as_f64(), Some(dev_loss(best)), "the held-out share is not the dev set");
+        }
+    }
+    assert!(dev_results.windows(2).all(|w| w[0] == w[1]) && dev_results[0].0 == 8, "{dev_results:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| es-dev (es) |") && data_rows.iter().all(|row| md.contains(row.as_str())), "{md}");
+
+    // Mistakes, each one error naming the dev set: an unknown source, a name already taken, no share, a bad
+    // share, an unknown key (a dev set without ids: src/data/devset.rs).
+    for (from, to, want) in [
+        ("source = \"{lang}-native\"", "source = \"{lang}-natve\"", "[[dev_sets]] `es-dev` is drawn from source `es-natve`, which no [[sources]] defines"),
+        ("name = \"{lang}-dev\"", "name = \"{lang}-test\"", "[[dev_sets]] name `es-test` is already a source"),
+        ("fraction = 0.2\n", "", "__keep__"),
+        ("fraction = 0.2", "fraction = 1.5", "[[dev_sets]] `{lang}-dev`: fraction must be in (0, 1), not 1.5"),
+        ("fraction = 0.2", "fraction = 0.2\nsize = 3", "unknown field `size`"),
+        ("max_seq_len = 128", "max_seq_len = 8", "[eval] select_on: set `es-dev` has no target token at max_seq_len 8"),
+    ] {
+        if want == "__keep__" {
+            // Without its own fraction a dev set takes heldout_fraction; with neither it is an error.
+            let t = text.replace(from, to).replace("heldout_fraction = 0.1\n", "");
+            std::fs::write(&r, t).unwrap();
+            let e = stderr(&trainer(&["plan", rs]));
+            assert!(e.contains("[[dev_sets]] `{lang}-dev`: give fraction, or set [eval] heldout_fraction"), "{e}");
+            continue;
+        }
+        std::fs::write(&r, text.replace(from, to)).unwrap();
+        let o = trainer(&["plan", rs]);
+        assert!(!o.status.success() && stderr(&o).contains(want), "{to}: {}", stderr(&o));
+    }
 }
 
 /// `[[evals]]` paths resolve against `--benchmarks-root` (then the recipe's `benchmarks_root`, then its folder):

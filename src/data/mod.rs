@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod chat;
 mod csv_rows;
+pub mod devset;
 pub mod filter;
 pub mod format;
 pub mod mix;

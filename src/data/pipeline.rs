@@ -4,6 +4,7 @@
 
 use super::batch::Example;
 use super::chat::ChatTemplate;
+use super::devset::{self, DevSpec};
 use super::filter::{Dropped, Filter};
 use super::format::{self, FieldMap, Format};
 use super::mix::{self, Compose, Condition, Entry, Size};
@@ -44,9 +45,11 @@ fn language_from_id(id: &str, map: &BTreeMap<String, String>) -> Option<String> 
 pub struct Expanded {
     pub sources: Vec<SourceSpec>,
     pub conditions: Vec<Condition>,
-    /// For each condition (same order): the `[eval] sets` whose loss `keep = "best"` selects on, after `{lang}`
-    /// expansion; empty: the held-out share (or, without one, the first set).
+    /// For each condition (same order): the `[eval] sets` or dev sets whose loss `keep = "best"` selects on,
+    /// after `{lang}` expansion; empty: the held-out share (or, without one, the first set).
     pub select_on: Vec<Vec<String>>,
+    /// `[[dev_sets]]`, expanded.
+    pub dev_sets: Vec<DevSpec>,
 }
 
 /// The languages a `{lang}` source or condition expands to; `[None]` when it does not expand.
@@ -130,6 +133,22 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
             }
         }
     }
+    let mut dev_sets = Vec::new();
+    for d in &recipe.dev_sets {
+        let fraction = d.fraction_of(&recipe.eval)?;
+        for lang in language_variants("[[dev_sets]]", &d.name, &d.languages)? {
+            let sub = |t: &str| lang.map_or(t.to_string(), |l| substitute(t, l));
+            let spec = DevSpec { name: sub(&d.name), source: sub(&d.source), fraction };
+            if !sources.iter().any(|s| s.name == spec.source) {
+                bail!("[[dev_sets]] `{}` is drawn from source `{}`, which no [[sources]] defines", spec.name, spec.source);
+            }
+            // Sets are named like sources ([eval] sets lists sources): one name, one set.
+            if sources.iter().any(|s| s.name == spec.name) || dev_sets.iter().any(|o: &DevSpec| o.name == spec.name) {
+                bail!("[[dev_sets]] name `{}` is already a source or dev set name; give the dev set its own", spec.name);
+            }
+            dev_sets.push(spec);
+        }
+    }
     let mut select_on = Vec::new();
     for (c, lang) in conditions.iter().zip(&condition_langs) {
         let mut names = Vec::new();
@@ -139,8 +158,9 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
                 None if pattern.contains("{lang}") => bail!("[eval] select_on `{pattern}`: condition `{}` has no language to put for {{lang}} (it is not expanded with languages)", c.name),
                 None => pattern.clone(),
             };
-            if !recipe.eval.sets.contains(&name) {
-                bail!("[eval] select_on: `{name}` (for condition `{}`) is not one of [eval] sets ({})", c.name, if recipe.eval.sets.is_empty() { "none".to_string() } else { recipe.eval.sets.join(", ") });
+            if !recipe.eval.sets.contains(&name) && !dev_sets.iter().any(|d| d.name == name) {
+                let known: Vec<&str> = recipe.eval.sets.iter().map(String::as_str).chain(dev_sets.iter().map(|d| d.name.as_str())).collect();
+                bail!("[eval] select_on: `{name}` (for condition `{}`) is not one of [eval] sets or [[dev_sets]] ({})", c.name, if known.is_empty() { "none".to_string() } else { known.join(", ") });
             }
             if !names.contains(&name) {
                 names.push(name);
@@ -148,7 +168,7 @@ pub fn expand_with_root(recipe: &Recipe, data_root: Option<&Path>) -> Result<Exp
         }
         select_on.push(names);
     }
-    Ok(Expanded { sources, conditions, select_on })
+    Ok(Expanded { sources, conditions, select_on, dev_sets })
 }
 
 /// [`expand_with_root`] with the recipe's own data root.
@@ -345,6 +365,8 @@ pub struct ConditionData {
     /// The `[eval] sets` `keep = "best"` selects on (token-weighted mean loss over them); empty: the held-out
     /// share, or without one the first set.
     pub select_on: Vec<String>,
+    /// Held-out examples that carry a dev set's id (held out of training for the dev sets).
+    pub dev_heldout: usize,
 }
 
 impl ConditionData {
@@ -397,6 +419,8 @@ pub struct EvalSet {
     pub examples: Vec<Example>,
     /// The language of each example ("" = unlabelled).
     pub languages: Vec<String>,
+    /// For a dev set: the source it is drawn from, and its records' ids (held out of every condition).
+    pub dev: Option<(String, Vec<String>)>,
 }
 
 /// Reads and tokenizes `[eval] sets`. A set must be a defined source that no condition trains on.
@@ -410,6 +434,7 @@ pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, b
             name: name.clone(),
             examples: encoder.encode_all(&records).with_context(|| format!("[eval] set `{name}`"))?,
             languages: records.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
+            dev: None,
         });
     }
     Ok(out)
@@ -418,10 +443,27 @@ pub fn load_eval_sets(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder, b
 /// Each condition's records before tokenizing: its name, training records and held-out records.
 pub type Mix = (String, Vec<Record>, Vec<Record>);
 
-/// Reads every used source once and builds each condition's training and held-out records (in the order of
-/// `expanded.conditions`); with the bad records skipped and the records cleaning dropped.
-pub fn mixes(recipe: &Recipe, expanded: &Expanded) -> Result<(Vec<Mix>, BadRecords, Dropped)> {
-    let used: BTreeSet<&str> = expanded.conditions.iter().flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref())).collect();
+/// The records of every condition and dev set, before tokenizing.
+pub struct Mixes {
+    /// Per condition, in the order of `expanded.conditions`.
+    pub conditions: Vec<Mix>,
+    /// Per dev set, in the order of `expanded.dev_sets`: its records.
+    pub dev_sets: Vec<Vec<Record>>,
+    /// The ids of the dev sets' records, which every condition holds out.
+    pub dev_ids: BTreeSet<String>,
+    pub bad: BadRecords,
+    pub dropped: Dropped,
+}
+
+/// Reads every used source once and builds each dev set and each condition's training and held-out records;
+/// with the bad records skipped and the records cleaning dropped.
+pub fn mixes(recipe: &Recipe, expanded: &Expanded) -> Result<Mixes> {
+    let used: BTreeSet<&str> = expanded
+        .conditions
+        .iter()
+        .flat_map(|c| c.entries.iter().map(|e| e.source.as_str()).chain(c.match_size_of.as_deref()))
+        .chain(expanded.dev_sets.iter().map(|d| d.source.as_str()))
+        .collect();
     let skip = recipe.on_bad_record == "skip";
     let mut bad = BadRecords::default();
     let mut dropped = Dropped::new();
@@ -429,20 +471,32 @@ pub fn mixes(recipe: &Recipe, expanded: &Expanded) -> Result<(Vec<Mix>, BadRecor
     for spec in expanded.sources.iter().filter(|s| used.contains(s.name.as_str())) {
         records.insert(spec.name.clone(), read_source(spec, skip, &mut bad, &mut dropped)?);
     }
+    let dev_sets = expanded.dev_sets.iter().map(|d| devset::draw(d, &records[&d.source], recipe.seed)).collect::<Result<Vec<_>>>()?;
+    let dev_ids = devset::ids(dev_sets.iter().map(Vec::as_slice));
     let mut out = Vec::new();
     for cond in &expanded.conditions {
         let mix = mix::build(cond, &records, recipe.seed)?;
         let (train, heldout) = mix::split_heldout(mix, recipe.eval.heldout_fraction, recipe.seed, &cond.name, cond.compose != Compose::Concat)?;
+        let (train, heldout) = devset::hold_out(train, heldout, &dev_ids);
         out.push((cond.name.clone(), train, heldout));
     }
-    Ok((out, bad, dropped))
+    Ok(Mixes { conditions: out, dev_sets, dev_ids, bad, dropped })
 }
 
-/// [`mixes`], tokenized: each condition's train and held-out sets.
-pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, BadRecords, Dropped)> {
-    let (mixes, bad, dropped) = mixes(recipe, expanded)?;
+/// [`mixes`], tokenized: each condition's train and held-out sets, and the dev sets.
+pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(Vec<ConditionData>, Vec<EvalSet>, BadRecords, Dropped)> {
+    let Mixes { conditions, dev_sets, dev_ids, bad, dropped } = mixes(recipe, expanded)?;
+    let mut sets = Vec::new();
+    for (spec, records) in expanded.dev_sets.iter().zip(dev_sets) {
+        sets.push(EvalSet {
+            name: spec.name.clone(),
+            examples: encoder.encode_all(&records).with_context(|| format!("[[dev_sets]] `{}`", spec.name))?,
+            languages: records.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
+            dev: Some((spec.source.clone(), records.iter().filter_map(|r| r.provenance.source_id.clone()).collect())),
+        });
+    }
     let mut out = Vec::new();
-    for ((name, train, heldout), select_on) in mixes.into_iter().zip(&expanded.select_on) {
+    for ((name, train, heldout), select_on) in conditions.into_iter().zip(&expanded.select_on) {
         let mut languages = BTreeMap::new();
         let mut origins = BTreeSet::new();
         for r in &train {
@@ -456,10 +510,11 @@ pub fn load(recipe: &Recipe, expanded: &Expanded, encoder: &Encoder) -> Result<(
             heldout_languages: heldout.iter().map(|r| r.provenance.language.clone().unwrap_or_default()).collect(),
             origins: origins.into_iter().collect(),
             select_on: select_on.clone(),
+            dev_heldout: heldout.iter().filter(|r| devset::is_dev(r, &dev_ids)).count(),
             name,
         });
     }
-    Ok((out, bad, dropped))
+    Ok((out, sets, bad, dropped))
 }
 
 #[cfg(test)]

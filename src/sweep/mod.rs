@@ -198,6 +198,49 @@ pub struct PlannedRun {
     /// Training examples per language.
     pub languages: std::collections::BTreeMap<String, usize>,
     pub origins: Vec<String>,
+    /// Held-out examples carrying a dev set's id: held out of training for the dev sets.
+    pub dev_heldout_examples: usize,
+    /// What `keep = "best"` selects on: the `select_on` sets, or "held-out share" (empty unless keep = "best").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected_on: Option<String>,
+}
+
+/// A shared evaluation set (`[eval] sets`) or dev set (`[[dev_sets]]`) as `trainer plan` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedSet {
+    pub name: String,
+    pub examples: usize,
+    pub target_tokens: usize,
+    /// Examples per language.
+    pub languages: std::collections::BTreeMap<String, usize>,
+    /// A dev set's source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_of: Option<String>,
+    /// A dev set's record ids: every condition holds out the records that carry them, so none trains on them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+}
+
+fn planned_set(set: &EvalSet) -> PlannedSet {
+    let mut languages = std::collections::BTreeMap::new();
+    for l in &set.languages {
+        *languages.entry(l.clone()).or_insert(0) += 1;
+    }
+    PlannedSet {
+        name: set.name.clone(),
+        examples: set.examples.len(),
+        target_tokens: target_tokens(&set.examples),
+        languages,
+        dev_of: set.dev.as_ref().map(|(source, _)| source.clone()),
+        ids: set.dev.as_ref().map(|(_, ids)| ids.clone()).unwrap_or_default(),
+    }
+}
+
+/// The sets a condition's runs are evaluated on: every `[eval] sets` entry (cross-lingual results included), and
+/// the dev sets it selects on or that hold a language it trains on — another language's dev set says nothing
+/// about its selection and would only cost time.
+pub(crate) fn sets_for<'a>(c: &ConditionData, sets: &'a [EvalSet]) -> Vec<&'a EvalSet> {
+    sets.iter().filter(|s| s.dev.is_none() || c.select_on.contains(&s.name) || s.languages.iter().any(|l| !l.is_empty() && c.languages.contains_key(l))).collect()
 }
 
 /// What training iterates over: the examples, or them packed into sequences.
@@ -219,7 +262,7 @@ pub(crate) fn total_steps(recipe: &Recipe, sequences: usize) -> usize {
     t.max_steps.unwrap_or_else(|| t.epochs.unwrap_or(1) * sequences.div_ceil(t.batch_size))
 }
 
-fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData, train_sequences: usize) -> PlannedRun {
+fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData, sets: &[&EvalSet], train_sequences: usize) -> PlannedRun {
     PlannedRun {
         run: g.name.clone(),
         model: model.short_name(),
@@ -235,6 +278,8 @@ fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData
         steps: total_steps(recipe, train_sequences),
         languages: c.languages.clone(),
         origins: c.origins.clone(),
+        dev_heldout_examples: c.dev_heldout,
+        selected_on: (recipe.eval.keep == "best").then(|| run::selection_label(c, sets)),
     }
 }
 
@@ -242,8 +287,15 @@ fn planned(recipe: &Recipe, g: &GridRun, model: &ModelSection, c: &ConditionData
 fn load_conditions(recipe: &Recipe, text: &ModelText, data_root: Option<&Path>) -> Result<(Vec<ConditionData>, Vec<EvalSet>, BadRecords, Dropped)> {
     let expanded = pipeline::expand_with_root(recipe, data_root)?;
     let encoder = text.encoder(&recipe.template.name, recipe.train.max_seq_len, TrainOn::parse(&recipe.template.train_on)?)?;
-    let (conditions, mut bad, mut dropped) = pipeline::load(recipe, &expanded, &encoder)?;
-    let sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad, &mut dropped)?;
+    let (conditions, dev_sets, mut bad, mut dropped) = pipeline::load(recipe, &expanded, &encoder)?;
+    let mut sets = pipeline::load_eval_sets(recipe, &expanded, &encoder, &mut bad, &mut dropped)?;
+    sets.extend(dev_sets);
+    // A set without target tokens has no loss (0/0): selecting on it would silently keep the last evaluation.
+    for s in sets.iter().filter(|s| conditions.iter().any(|c| c.select_on.contains(&s.name))) {
+        if target_tokens(&s.examples) == 0 {
+            bail!("[eval] select_on: set `{}` has no target token at max_seq_len {} (each of its {} examples is cut before its response), so it has no loss to select on; raise [train] max_seq_len or the set's share", s.name, recipe.train.max_seq_len, s.examples.len());
+        }
+    }
     Ok((conditions, sets, bad, dropped))
 }
 
@@ -321,6 +373,7 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
     let mut dropped = Dropped::new();
     let mut warnings = Vec::new();
     let mut memory = Vec::new();
+    let mut sets = Vec::new();
     for (mi, model) in models.iter().enumerate() {
         let mine: Vec<&GridRun> = runs.iter().filter(|g| g.model == mi).collect();
         if mine.is_empty() {
@@ -331,11 +384,13 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
         let text = ModelText::from_files(files).with_context(|| format!("model `{}`", model.short_name()))?;
         let mut found = Vec::new();
         let recipe = &bounded_for_model(&recipe, model, &text.config, &mut found);
-        let (conditions, _, b, d) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
-        // Bad and dropped records depend on the data, not the model: the first model's count stands for all.
+        let (conditions, model_sets, b, d) = load_conditions(recipe, &text, opts.data_root.as_deref())?;
+        // Bad and dropped records depend on the data, not the model: the first model's count stands for all (and
+        // its tokenizer's counts of the sets' tokens).
         if out.is_empty() {
             bad = b;
             dropped = d;
+            sets = model_sets.iter().map(planned_set).collect();
         }
         let seqs: Vec<Vec<Example>> = conditions.iter().map(|c| sequences(recipe, &c.train)).collect();
         let counts: Vec<usize> = seqs.iter().map(Vec::len).collect();
@@ -346,18 +401,20 @@ pub fn plan_recipe(recipe_path: &Path, opts: &Options) -> Result<Plan> {
             }
         }
         for g in mine {
-            out.push(planned(recipe, g, model, &conditions[g.condition], counts[g.condition]));
+            out.push(planned(recipe, g, model, &conditions[g.condition], &sets_for(&conditions[g.condition], &model_sets), counts[g.condition]));
         }
         let longest = seqs.iter().flatten().map(|e| e.ids.len()).max().unwrap_or(0);
         memory.push(memory_estimate(recipe, model, &text, longest).with_context(|| format!("model `{}`: memory estimate", model.short_name()))?);
     }
-    Ok(Plan { runs: out, bad_records: bad, dropped, warnings, memory })
+    Ok(Plan { runs: out, sets, bad_records: bad, dropped, warnings, memory })
 }
 
 /// What `trainer plan` shows.
 #[derive(Debug, Serialize)]
 pub struct Plan {
     pub runs: Vec<PlannedRun>,
+    /// The shared evaluation and dev sets every run is evaluated on.
+    pub sets: Vec<PlannedSet>,
     pub bad_records: BadRecords,
     /// Records the sources' cleaning rules drop: source → rule → count.
     pub dropped: Dropped,
@@ -433,7 +490,7 @@ fn fingerprint(recipe: &Recipe, model: &ModelSection, c: &ConditionData, g: &Gri
     let mut train = serde_json::to_value(&recipe.train).expect("serializable");
     train["lr"] = serde_json::json!(g.lr);
     train["checkpoint_every"] = serde_json::Value::Null;
-    let what = serde_json::json!({
+    let mut what = serde_json::json!({
         // A revision joins the path only when one is given, so folders trained before revisions existed still match.
         "model": match &model.revision {
             Some(r) => format!("{}@{r}", model.path),
@@ -451,6 +508,10 @@ fn fingerprint(recipe: &Recipe, model: &ModelSection, c: &ConditionData, g: &Gri
         "heldout_examples": c.heldout.len(),
         "heldout_target_tokens": target_tokens(&c.heldout),
     });
+    // Only when there are dev sets, so folders trained before dev sets existed keep their fingerprints.
+    if !recipe.dev_sets.is_empty() {
+        what["dev_sets"] = serde_json::json!(recipe.dev_sets);
+    }
     format!("{:016x}", stable_hash(&[&what.to_string()]))
 }
 
@@ -529,7 +590,7 @@ pub fn run_recipe(recipe_path: &Path, opts: &Options, mode: Mode) -> Result<Swee
                 model,
                 cond: c,
                 train_seqs: &seqs[g.condition],
-                sets: &sets,
+                sets: sets_for(c, &sets),
                 benchmarks: &benchmarks,
                 name: &g.name,
                 lr: g.lr,

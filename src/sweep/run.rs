@@ -91,7 +91,8 @@ pub struct RunInput<'a> {
     pub model: &'a ModelSection,
     pub cond: &'a ConditionData,
     pub train_seqs: &'a [Example],
-    pub sets: &'a [EvalSet],
+    /// The sets this run is evaluated on (see [`super::sets_for`]).
+    pub sets: Vec<&'a EvalSet>,
     pub benchmarks: &'a [(String, crate::eval::Task)],
     pub name: &'a str,
     pub lr: f64,
@@ -124,7 +125,7 @@ impl RunInput<'_> {
             dtype: format!("{:?}", self.session.model.dtype),
             bad_records: Some(self.bad.clone()),
             dropped: self.dropped.clone(),
-            selected_on: (self.recipe.eval.keep == "best").then(|| selection_label(c, self.sets)),
+            selected_on: (self.recipe.eval.keep == "best").then(|| selection_label(c, &self.sets)),
             final_loss: f64::NAN,
             ..Default::default()
         }
@@ -132,7 +133,7 @@ impl RunInput<'_> {
 }
 
 /// What `keep = "best"` judges a run's evaluations by, as run.json's `selected_on` names it.
-fn selection_label(c: &ConditionData, sets: &[EvalSet]) -> String {
+pub(crate) fn selection_label(c: &ConditionData, sets: &[&EvalSet]) -> String {
     if !c.select_on.is_empty() {
         c.select_on.join(" + ")
     } else if !c.heldout.is_empty() {
@@ -333,7 +334,7 @@ pub fn execute(input: &RunInput, progress: &mut Progress) -> Result<RunSummary> 
             let evaluate = |examples: &[Example], labels: &[String]| crate::eval::evaluate_by_language(model, Some(&adapter), examples, labels, eval_batch, session.text.pad_id);
             let heldout = if has_heldout { Some(evaluate(&input.cond.heldout, &input.cond.heldout_languages)?) } else { None };
             let mut sets = std::collections::BTreeMap::new();
-            for set in input.sets {
+            for set in &input.sets {
                 sets.insert(set.name.clone(), evaluate(&set.examples, &set.languages)?);
             }
             let mut line = match &heldout {
