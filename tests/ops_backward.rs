@@ -305,30 +305,55 @@ fn cross_entropy_case(cap: Option<f64>) {
     assert_close(&format!("cross-entropy dh, cap {cap:?}"), &dh, grads.get(&h).unwrap(), REL, ABS);
 }
 
-#[test]
-fn moe_backward_matches_autograd_through_experts_and_routing() {
-    use trainer::ops::moe::{self, Expert, MoeWeights};
-    let (n, h, i, e, k) = (11, 16, 12, 4, 2);
-    let w = MoeWeights {
+/// The reference's routing: the top-`k` of each row of `probs` as a constant 0/1 mask, renormalised over the chosen.
+fn top_k_weights_ref(probs: &Tensor, k: usize) -> Tensor {
+    let (n, e) = probs.dims2().unwrap();
+    let mut mask = vec![0f32; n * e];
+    for (t, chosen) in top_k_ref(probs, k).iter().enumerate() {
+        for &j in chosen {
+            mask[t * e + j] = 1.0;
+        }
+    }
+    let picked = probs.mul(&Tensor::from_vec(mask, (n, e), &Device::Cpu).unwrap()).unwrap();
+    picked.broadcast_div(&picked.sum_keepdim(D::Minus1).unwrap()).unwrap()
+}
+
+/// Each row's `k` largest entries' indices, ascending.
+fn top_k_ref(probs: &Tensor, k: usize) -> Vec<Vec<usize>> {
+    probs
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            idx.truncate(k);
+            idx.sort();
+            idx
+        })
+        .collect()
+}
+
+/// `e` random experts and their router, for the MoE checks.
+fn moe_weights_ref(e: usize, h: usize, i: usize) -> trainer::ops::moe::MoeWeights {
+    use trainer::ops::moe::{Expert, MoeWeights};
+    MoeWeights {
         router: randn(70, &[e, h], 0.6),
         experts: (0..e as u64).map(|j| Expert { w1: randn(71 + 3 * j, &[i, h], 0.3), w3: randn(72 + 3 * j, &[i, h], 0.3), w2: randn(73 + 3 * j, &[h, i], 0.3) }).collect(),
-    };
+    }
+}
+
+#[test]
+fn moe_backward_matches_autograd_through_experts_and_routing() {
+    use trainer::ops::moe;
+    let (n, h, i, e, k) = (11, 16, 12, 4, 2);
+    let w = moe_weights_ref(e, h, i);
     let x = Var::from_tensor(&randn(80, &[n, h], 1.0)).unwrap();
     let r = randn(81, &[n, h], 1.0);
     // Independent composite, dense over all experts: the top-k choice is a constant 0/1 mask on the router's
     // softmax, renormalised, weighting every expert's SwiGLU output.
     let probs = candle_nn::ops::softmax(&x.as_tensor().matmul(&w.router.t().unwrap()).unwrap(), D::Minus1).unwrap();
-    let mut mask = vec![0f32; n * e];
-    for (t, row) in probs.to_vec2::<f32>().unwrap().iter().enumerate() {
-        let mut idx: Vec<usize> = (0..e).collect();
-        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        for &j in &idx[..k] {
-            mask[t * e + j] = 1.0;
-        }
-    }
-    let mask = Tensor::from_vec(mask, (n, e), &Device::Cpu).unwrap();
-    let picked = probs.mul(&mask).unwrap();
-    let weights = picked.broadcast_div(&picked.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    let weights = top_k_weights_ref(&probs, k);
     let mut y_ref = x.as_tensor().zeros_like().unwrap();
     for (j, ex) in w.experts.iter().enumerate() {
         let g = x.as_tensor().matmul(&ex.w1.t().unwrap()).unwrap();
@@ -367,12 +392,9 @@ fn lora_linear_ref(x: &Tensor, w: &Tensor, f: &LoraFactors, s: f64) -> Tensor {
 #[test]
 fn moe_lora_backward_matches_autograd_on_router_and_every_expert() {
     use trainer::ops::dropout::DropoutKey;
-    use trainer::ops::moe::{self, Expert, MoeLora, MoeWeights};
+    use trainer::ops::moe::{self, MoeLora};
     let (n, h, i, e, k, r, scale) = (11, 16, 12, 4, 2, 3, 1.5);
-    let w = MoeWeights {
-        router: randn(70, &[e, h], 0.6),
-        experts: (0..e as u64).map(|j| Expert { w1: randn(71 + 3 * j, &[i, h], 0.3), w3: randn(72 + 3 * j, &[i, h], 0.3), w2: randn(73 + 3 * j, &[h, i], 0.3) }).collect(),
-    };
+    let w = moe_weights_ref(e, h, i);
     let factor = |seed: u64, out: usize, inp: usize| (Var::from_tensor(&randn(seed, &[r, inp], 0.3)).unwrap(), Var::from_tensor(&randn(seed + 1, &[out, r], 0.3)).unwrap());
     let router_vars = factor(90, e, h);
     // Per expert: w1 (h→i), w2 (i→h), w3 (h→i), in Target::expert_index order.
@@ -414,16 +436,7 @@ fn moe_lora_backward_matches_autograd_on_router_and_every_expert() {
         // Independent dense reference (no dropout): the adapted router's softmax, top-k mask, renormalised.
         let xt = x.as_tensor().detach();
         let probs = candle_nn::ops::softmax(&lora_linear_ref(&xt, &w.router, &router_d, scale), D::Minus1).unwrap();
-        let mut mask = vec![0f32; n * e];
-        for (t, row) in probs.to_vec2::<f32>().unwrap().iter().enumerate() {
-            let mut idx: Vec<usize> = (0..e).collect();
-            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            for &j in &idx[..k] {
-                mask[t * e + j] = 1.0;
-            }
-        }
-        let picked = probs.mul(&Tensor::from_vec(mask, (n, e), &Device::Cpu).unwrap()).unwrap();
-        let weights = picked.broadcast_div(&picked.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        let weights = top_k_weights_ref(&probs, k);
         let mut y_ref = xt.zeros_like().unwrap();
         for (j, ex) in w.experts.iter().enumerate() {
             let [f1, f2, f3] = experts_d[j].each_ref().map(|f| f.as_ref().unwrap());
@@ -434,7 +447,6 @@ fn moe_lora_backward_matches_autograd_on_router_and_every_expert() {
         assert_close("moe+lora forward", &y0, &y_ref, REL, ABS);
         // The router's LoRA matters to the routing itself: without it some token picks other experts.
         let plain = candle_nn::ops::softmax(&xt.matmul(&w.router.t().unwrap()).unwrap(), D::Minus1).unwrap();
-        let top = |p: &Tensor| p.to_vec2::<f32>().unwrap().iter().map(|row| { let mut idx: Vec<usize> = (0..e).collect(); idx.sort_by(|&a, &b| row[b].total_cmp(&row[a])); idx.truncate(k); idx.sort(); idx }).collect::<Vec<_>>();
-        assert_ne!(top(&plain), top(&probs), "the router's LoRA should change some token's experts, or routing through it goes untested");
+        assert_ne!(top_k_ref(&plain, k), top_k_ref(&probs, k), "the router's LoRA should change some token's experts, or routing through it goes untested");
     }
 }
