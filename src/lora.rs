@@ -208,25 +208,16 @@ impl Adapter {
             let a: Vec<f32> = (0..spec.r * fan_in).map(|_| rng.random_range(-bound..bound) as f32).collect();
             Ok(LoraFactors { a: Tensor::from_vec(a, (spec.r, fan_in), device)?, b: Tensor::zeros((out, spec.r), DType::F32, device)? })
         };
-        let experts_per_layer = if spec.targets.iter().any(|t| t.is_expert()) { cfg.moe.map_or(0, |m| m.experts) } else { 0 };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        let mut experts = Vec::with_capacity(cfg.num_layers);
-        for _ in 0..cfg.num_layers {
-            let mut slots: [Option<LoraFactors>; LAYER_SLOTS] = Default::default();
-            let mut per_expert: Vec<[Option<LoraFactors>; 3]> = (0..experts_per_layer).map(|_| Default::default()).collect();
-            for &t in &spec.targets {
-                if t.is_expert() {
-                    for e in per_expert.iter_mut() {
-                        e[t.expert_index()] = Some(draw(t)?);
-                    }
-                } else {
-                    slots[t.index()] = Some(draw(t)?);
+        let mut adapter = Adapter::empty(spec.clone(), cfg);
+        for layer in 0..cfg.num_layers {
+            for &target in &spec.targets {
+                let experts: Vec<Option<usize>> = if target.is_expert() { (0..adapter.experts[layer].len()).map(Some).collect() } else { vec![None] };
+                for expert in experts {
+                    *adapter.slot_mut(Site { layer, target, expert }) = Some(draw(target)?);
                 }
             }
-            layers.push(slots);
-            experts.push(per_expert);
         }
-        Ok(Self { spec, layers, experts })
+        Ok(adapter)
     }
 
     /// Every adapted site with its factors, in the fixed order of [`Adapter::tensors`]: per layer, the

@@ -50,7 +50,7 @@ impl<'a> MoeLora<'a> {
     }
 
     fn expert(&self, e: usize, slot: usize) -> Option<LoraApply<'a>> {
-        let factors = self.experts.get(e)?[slot].as_ref()?;
+        let factors = self.factors(e, slot)?;
         Some(LoraApply { factors, scale: self.scale, dropout: self.key(8 + 3 * e as u64 + slot as u64) })
     }
 

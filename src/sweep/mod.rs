@@ -443,8 +443,7 @@ fn memory_estimate(recipe: &Recipe, model: &ModelSection, text: &ModelText, long
     let spec = recipe.lora.spec()?;
     // A target the model does not have (an expert's w1 on a dense model, gate_proj on Mixtral) fails here, at
     // plan time, rather than when the run creates its adapter.
-    let cfg = crate::config::ModelConfig::from_json(&json).with_context(|| text.files.config.display().to_string())?;
-    crate::lora::check_targets(&spec.targets, &cfg).context("[lora] targets")?;
+    crate::lora::check_targets(&spec.targets, &text.config).context("[lora] targets")?;
     let t = &recipe.train;
     let run = crate::memory::RunShape {
         dtype_bytes: dtype.size_in_bytes(),

@@ -73,17 +73,7 @@ mod tests {
         for f in ["config.json", "tokenizer.json"].map(|f| dir.join(f)).iter().filter(|p| !p.exists()) {
             std::fs::write(f, "{}").unwrap();
         }
-        ModelFiles {
-            name: "judge".into(),
-            hub_id: None,
-            revision: None,
-            dir: dir.to_path_buf(),
-            config: dir.join("config.json"),
-            weights: vec![dir.join("model.safetensors")],
-            tokenizer: dir.join("tokenizer.json"),
-            tokenizer_config: None,
-            generation_config: None,
-        }
+        crate::checkpoint::locate(dir.to_str().unwrap(), None).unwrap()
     }
 
     #[test]
