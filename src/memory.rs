@@ -100,7 +100,7 @@ impl Shape {
     /// layer; MLP targets of a MoE layer (w1, w3, w2) are adapted in each expert.
     pub fn lora_parameters(&self, r: usize, targets: &[usize]) -> u64 {
         let p = self.projections();
-        let per_layer: usize = targets.iter().map(|&t| r * (p[t].0 + p[t].1) * if (4..7).contains(&t) { self.experts } else { 1 }).sum();
+        let per_layer: usize = targets.iter().map(|&t| r * (p[t].0 + p[t].1) * if is_mlp(t) { self.experts } else { 1 }).sum();
         (self.layers * per_layer) as u64
     }
 }
@@ -141,6 +141,11 @@ pub fn projection_index(t: crate::lora::Target) -> usize {
     }
 }
 
+/// Whether a [`RunShape::targets`] index is an MLP projection (in a MoE layer, one per expert).
+fn is_mlp(t: usize) -> bool {
+    (4..7).contains(&t)
+}
+
 /// Inputs of an estimate beside the shape.
 #[derive(Debug, Clone)]
 pub struct RunShape {
@@ -163,7 +168,7 @@ fn layer_cache(s: &Shape, run: &RunShape, n: u64) -> u64 {
     let mlp = (s.intermediate * s.experts_per_token) as u64;
     // x, n1, x1, n2; q (after RoPE), o, its transposed copy o2; k, v; g, u, h; each LoRA branch's x·Aᵀ (an
     // expert's for each of the token's experts).
-    let lora: usize = run.targets.iter().map(|&t| run.lora_r * if (4..7).contains(&t) { s.experts_per_token } else { 1 }).sum();
+    let lora: usize = run.targets.iter().map(|&t| run.lora_r * if is_mlp(t) { s.experts_per_token } else { 1 }).sum();
     // A MoE layer keeps each expert's activation too when w2 has LoRA (its factor gradient needs w2's input).
     let w2_input = if s.experts > 1 && run.targets.contains(&6) { mlp } else { 0 };
     let dtype_elems = 4 * h + 3 * q + 2 * kv + 3 * mlp + w2_input + lora as u64;
